@@ -1,0 +1,55 @@
+"""The `epcsched` command: one entry point, a subcommand per program.
+
+Each subcommand lives in the package it runs and exposes `register(subparsers)`; this module only
+collects them and turns expected errors into one clear line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Modules that provide a `register(subparsers)` function, in the order `--help` lists them.
+COMMAND_MODULES = (
+    "epcsched.extender.command",
+    "epcsched.explain",
+)
+
+
+class CommandError(Exception):
+    """An error the user can fix (bad file, bad flag value); printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="epcsched",
+        description="EPC-aware scheduling and autoscaling for Kubernetes SGX clusters.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from epcsched.config import ConfigError
+    from epcsched.kube.snapshot import SnapshotError
+    from epcsched.objects import ObjectError
+    from epcsched.quantity import QuantityError
+
+    try:
+        result = args.func(args)
+    except (CommandError, ConfigError, SnapshotError, ObjectError, QuantityError) as exc:
+        print(f"epcsched {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Node scores 0..10 for an EPC pod, spread over each request's candidates.
+
+Raw scores are fractions of a node's EPC; each request's feasible candidates are then mapped onto
+the whole 0..10 range (best 10, worst 0, proportional between), as kube-scheduler normalises its
+plugin scores. Absolute fractions rounded to 11 levels would give a small pod on big nodes the
+same score everywhere, and kube-scheduler's own LeastAllocated would then decide instead of us.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from epcsched.core.fit import PodRequest, fit_masks
+from epcsched.core.snapshot import ClusterSnapshot, IntArray
+
+STRATEGIES = ("binpack", "spread", "balanced")
+MAX_SCORE = 10
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def _fraction(used: IntArray, total: IntArray) -> FloatArray:
+    out = np.zeros(used.shape[0], dtype=np.float64)
+    np.divide(used, total, out=out, where=total > 0)
+    return out
+
+
+def epc_fraction_after(
+    snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray
+) -> FloatArray:
+    """Share of each node's EPC in use once the pod is placed, averaged over requested names."""
+    total = np.zeros(slots.shape[0], dtype=np.float64)
+    for name, need in request.epc.items():
+        column = snapshot.epc[name]
+        allocatable = column.allocatable[slots]
+        used = allocatable - snapshot.free(name, slots) + need
+        total += _fraction(used, allocatable)
+    return total / max(len(request.epc), 1)
+
+
+def raw_scores(
+    snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray, strategy: str
+) -> FloatArray:
+    """Higher is better; meaningful only relative to the other candidates of this request."""
+    after = epc_fraction_after(snapshot, request, slots)
+    if strategy == "binpack":
+        return after
+    if strategy == "spread":
+        return 1.0 - after
+    if strategy == "balanced":
+        cpu = _fraction(snapshot.cpu_requested[slots] + request.cpu_milli,
+                        snapshot.cpu_allocatable[slots])
+        memory = _fraction(snapshot.memory_requested[slots] + request.memory,
+                           snapshot.memory_allocatable[slots])
+        return 1.0 - np.abs(after - (cpu + memory) / 2.0)
+    raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+
+
+def normalise(raw: FloatArray, eligible: npt.NDArray[np.bool_]) -> IntArray:
+    """Map eligible raw scores onto 0..10 (best 10, worst 0); ineligible ones score 0."""
+    scores = np.zeros(raw.shape[0], dtype=np.int64)
+    if not eligible.any():
+        return scores
+    values = raw[eligible]
+    low, high = float(values.min()), float(values.max())
+    if high == low:
+        scores[eligible] = MAX_SCORE
+        return scores
+    scaled = np.floor((values - low) / (high - low) * MAX_SCORE + 0.5)
+    scores[eligible] = scaled.astype(np.int64)
+    return scores
+
+
+def score(
+    snapshot: ClusterSnapshot,
+    request: PodRequest,
+    slots: IntArray,
+    strategy: str,
+    *,
+    prefer_non_sgx: bool = True,
+) -> IntArray:
+    """Integer scores 0..10 for each slot (-1 for unknown names scores 0)."""
+    masks = fit_masks(snapshot, request, slots)
+    safe = np.where(masks.unknown, 0, slots)
+    if not request.wants_epc:
+        if not prefer_non_sgx:
+            return normalise(np.zeros(slots.shape[0]), masks.ok)
+        # Keep scarce SGX nodes for enclaves: a plain pod prefers nodes without EPC.
+        has_epc = np.zeros(slots.shape[0], dtype=np.bool_)
+        for column in snapshot.epc.values():
+            has_epc |= column.has[safe] & (column.allocatable[safe] > 0)
+        return normalise((~has_epc).astype(np.float64), masks.ok)
+    return normalise(raw_scores(snapshot, request, safe, strategy), masks.ok)

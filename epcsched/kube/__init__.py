@@ -1,0 +1,1 @@
+"""Everything that reads the cluster: snapshot files now, informers over the API later."""

@@ -1,0 +1,224 @@
+"""Typed views of the parts of Kubernetes Pod and Node objects that epcsched reads.
+
+The same structs decode an extender request body, a `kubectl get -o json` snapshot and a watch
+event, so a pod is understood the same way everywhere. Unknown fields are skipped while decoding,
+which is what keeps the extender fast on large bodies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from fractions import Fraction
+from functools import lru_cache
+
+import msgspec
+
+from epcsched.core.requests import ContainerRequests, pod_requests
+from epcsched.model import NodeInfo, PodInfo, Taint
+from epcsched.quantity import QuantityError, ceil_int, parse_quantity
+
+QuantityValue = str | int | float
+ResourceList = dict[str, QuantityValue]
+
+
+class ObjectError(ValueError):
+    """A Kubernetes object epcsched cannot read; the message names the field."""
+
+
+class OwnerReference(msgspec.Struct, omit_defaults=True):
+    kind: str = ""
+    name: str = ""
+    controller: bool | None = None
+
+
+class ObjectMeta(msgspec.Struct, omit_defaults=True):
+    name: str = ""
+    namespace: str | None = None
+    uid: str | None = None
+    resourceVersion: str | None = None
+    labels: dict[str, str] | None = None
+    ownerReferences: list[OwnerReference] | None = None
+    deletionTimestamp: str | None = None
+
+
+class ResourceRequirements(msgspec.Struct, omit_defaults=True):
+    requests: ResourceList | None = None
+    limits: ResourceList | None = None
+
+
+class Container(msgspec.Struct, omit_defaults=True):
+    name: str = ""
+    resources: ResourceRequirements | None = None
+    restartPolicy: str | None = None
+
+
+class PodSpec(msgspec.Struct, omit_defaults=True):
+    nodeName: str | None = None
+    containers: list[Container] | None = None
+    initContainers: list[Container] | None = None
+    overhead: ResourceList | None = None
+    nodeSelector: dict[str, str] | None = None
+    resources: ResourceRequirements | None = None
+
+
+class PodStatus(msgspec.Struct, omit_defaults=True):
+    phase: str | None = None
+
+
+class Pod(msgspec.Struct, omit_defaults=True):
+    metadata: ObjectMeta | None = None
+    spec: PodSpec | None = None
+    status: PodStatus | None = None
+
+
+class NodeTaint(msgspec.Struct, omit_defaults=True):
+    key: str = ""
+    value: str | None = None
+    effect: str = ""
+
+
+class NodeSpec(msgspec.Struct, omit_defaults=True):
+    unschedulable: bool | None = None
+    taints: list[NodeTaint] | None = None
+
+
+class NodeCondition(msgspec.Struct, omit_defaults=True):
+    type: str = ""
+    status: str = ""
+
+
+class NodeStatus(msgspec.Struct, omit_defaults=True):
+    capacity: ResourceList | None = None
+    allocatable: ResourceList | None = None
+    conditions: list[NodeCondition] | None = None
+
+
+class Node(msgspec.Struct, omit_defaults=True):
+    metadata: ObjectMeta | None = None
+    spec: NodeSpec | None = None
+    status: NodeStatus | None = None
+
+
+@lru_cache(maxsize=8192)
+def _cached_quantity(value: QuantityValue) -> Fraction:
+    return parse_quantity(value)
+
+
+def _amounts(resources: ResourceList | None, path: str) -> dict[str, Fraction]:
+    if not resources:
+        return {}
+    parsed: dict[str, Fraction] = {}
+    for name, value in resources.items():
+        try:
+            amount = _cached_quantity(value)
+        except QuantityError as exc:
+            raise ObjectError(f"{path}[{name}]: {exc}") from None
+        if amount < 0:
+            raise ObjectError(f"{path}[{name}]: negative quantity {value!r}")
+        parsed[name] = amount
+    return parsed
+
+
+def _container_requests(
+    containers: list[Container] | None, path: str
+) -> list[ContainerRequests]:
+    result = []
+    for i, container in enumerate(containers or ()):
+        res = container.resources or ResourceRequirements()
+        where = f"{path}[{i}].resources"
+        result.append(
+            ContainerRequests(
+                requests=_amounts(res.requests, f"{where}.requests"),
+                limits=_amounts(res.limits, f"{where}.limits"),
+                restartable=container.restartPolicy == "Always",
+            )
+        )
+    return result
+
+
+def pod_resource_amounts(pod: Pod) -> dict[str, Fraction]:
+    """Effective requests of `pod` for every resource it names (exact, unrounded)."""
+    spec = pod.spec or PodSpec()
+    total = pod_requests(
+        _container_requests(spec.containers, "spec.containers"),
+        _container_requests(spec.initContainers, "spec.initContainers"),
+        _amounts(spec.overhead, "spec.overhead"),
+    )
+    if spec.resources is not None:
+        # Pod-level resources (PodLevelResources) override the container sum for cpu and memory.
+        pod_level = ContainerRequests(
+            requests=_amounts(spec.resources.requests, "spec.resources.requests"),
+            limits=_amounts(spec.resources.limits, "spec.resources.limits"),
+        ).effective()
+        for name in ("cpu", "memory"):
+            if name in pod_level:
+                total[name] = pod_level[name] + _amounts(spec.overhead, "spec.overhead").get(
+                    name, Fraction(0)
+                )
+    return total
+
+
+def epc_of(
+    amounts: Mapping[str, Fraction], epc_resources: Mapping[str, int], *, keep_zero: bool = False
+) -> dict[str, int]:
+    """EPC bytes per resource name, for the names `epc_resources` maps to a unit.
+
+    A pod's zero request asks for nothing, but a node advertising zero still advertises the name.
+    """
+    return {
+        name: ceil_int(amount * epc_resources[name])
+        for name, amount in amounts.items()
+        if name in epc_resources and (amount > 0 or keep_zero)
+    }
+
+
+def pod_info(pod: Pod, epc_resources: Mapping[str, int]) -> PodInfo:
+    """Reduce a Pod object to what the core needs. Raises ObjectError naming the bad field."""
+    meta = pod.metadata or ObjectMeta()
+    spec = pod.spec or PodSpec()
+    amounts = pod_resource_amounts(pod)
+    owner = next(
+        (ref.kind for ref in meta.ownerReferences or () if ref.controller),
+        None,
+    )
+    return PodInfo(
+        namespace=meta.namespace or "default",
+        name=meta.name,
+        uid=meta.uid or "",
+        node_name=spec.nodeName or None,
+        phase=(pod.status.phase if pod.status and pod.status.phase else "Pending"),
+        epc=epc_of(amounts, epc_resources),
+        cpu_milli=ceil_int(amounts.get("cpu", Fraction(0)) * 1000),
+        memory=ceil_int(amounts.get("memory", Fraction(0))),
+        node_selector=dict(spec.nodeSelector or {}),
+        owner_kind=owner,
+    )
+
+
+def node_info(node: Node, epc_resources: Mapping[str, int]) -> NodeInfo:
+    """Reduce a Node object to what the core needs. Raises ObjectError naming the bad field."""
+    meta = node.metadata or ObjectMeta()
+    if not meta.name:
+        raise ObjectError("metadata.name: a node needs a name")
+    status = node.status or NodeStatus()
+    spec = node.spec or NodeSpec()
+    allocatable = _amounts(
+        status.allocatable if status.allocatable is not None else status.capacity,
+        "status.allocatable",
+    )
+    ready = any(
+        c.type == "Ready" and c.status == "True" for c in status.conditions or ()
+    ) or not status.conditions
+    return NodeInfo(
+        name=meta.name,
+        epc_allocatable=epc_of(allocatable, epc_resources, keep_zero=True),
+        cpu_milli=ceil_int(allocatable.get("cpu", Fraction(0)) * 1000),
+        memory=ceil_int(allocatable.get("memory", Fraction(0))),
+        pods=ceil_int(allocatable.get("pods", Fraction(110))),
+        labels=dict(meta.labels or {}),
+        taints=tuple(
+            Taint(key=t.key, value=t.value or "", effect=t.effect) for t in spec.taints or ()
+        ),
+        unschedulable=bool(spec.unschedulable),
+        ready=ready,
+    )

@@ -1,0 +1,66 @@
+"""The interface between whatever keeps cluster state and the programs that read it.
+
+A snapshot file (`SnapshotState`) and a watch-fed informer cache both implement `ClusterState`:
+they own a `ClusterSnapshot`, say whether it is ready, and describe their health for `/readyz`.
+The extender never knows which one it has.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from epcsched.core.snapshot import ClusterSnapshot
+
+
+class ClusterState(Protocol):
+    """Cluster state as the extender and the autoscaler consume it."""
+
+    @property
+    def snapshot(self) -> ClusterSnapshot:
+        """The current snapshot; mutated only by the state's owner, on the event loop."""
+        ...
+
+    def ready(self) -> bool:
+        """True once the state reflects the cluster (first list done, file loaded)."""
+        ...
+
+    def detail(self) -> dict[str, object]:
+        """Health facts for `/readyz` (sources, degraded telemetry, counts)."""
+        ...
+
+    async def start(self) -> None:
+        """Begin feeding the snapshot (watches, polls); returns once started."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop feeding; idempotent."""
+        ...
+
+
+class SnapshotState:
+    """State loaded once from files: always ready, never changes."""
+
+    def __init__(self, snapshot: ClusterSnapshot, *, sources: list[str] | None = None) -> None:
+        self._snapshot = snapshot
+        self._sources = list(sources or [])
+
+    @property
+    def snapshot(self) -> ClusterSnapshot:
+        return self._snapshot
+
+    def ready(self) -> bool:
+        return True
+
+    def detail(self) -> dict[str, object]:
+        return {
+            "source": "snapshot",
+            "files": self._sources,
+            "nodes": len(self._snapshot),
+            "pods": len(self._snapshot.pods),
+        }
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None

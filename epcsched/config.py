@@ -107,7 +107,7 @@ def _choice(options: tuple[str, ...]) -> typing.Callable[[object], str]:
     def check(value: object) -> str:
         if value not in options:
             raise ValueError(f"must be one of {', '.join(options)}, got {value!r}")
-        return typing.cast(str, value)
+        return str(value)
 
     return check
 
@@ -182,9 +182,7 @@ class PrometheusSettings:
     """How often to poll."""
     stale_after: float = field(default=120.0, metadata=_parse(parse_duration))
     """Data older than this is ignored and decisions fall back to requests."""
-    accounting: str | None = field(
-        default=None, metadata=_parse(_choice((*ACCOUNTING_MODES, "")))
-    )
+    accounting: str | None = field(default=None, metadata=_parse(_choice((*ACCOUNTING_MODES, ""))))
     """requests, usage or max; default max when url is set, requests otherwise."""
     node_label: str = "node"
     """Label that names the node in query results."""

@@ -119,9 +119,7 @@ def _amounts(resources: ResourceList | None, path: str) -> dict[str, Fraction]:
     return parsed
 
 
-def _container_requests(
-    containers: list[Container] | None, path: str
-) -> list[ContainerRequests]:
+def _container_requests(containers: list[Container] | None, path: str) -> list[ContainerRequests]:
     result = []
     for i, container in enumerate(containers or ()):
         res = container.resources or ResourceRequirements()
@@ -206,9 +204,10 @@ def node_info(node: Node, epc_resources: Mapping[str, int]) -> NodeInfo:
         status.allocatable if status.allocatable is not None else status.capacity,
         "status.allocatable",
     )
-    ready = any(
-        c.type == "Ready" and c.status == "True" for c in status.conditions or ()
-    ) or not status.conditions
+    ready = (
+        any(c.type == "Ready" and c.status == "True" for c in status.conditions or ())
+        or not status.conditions
+    )
     return NodeInfo(
         name=meta.name,
         epc_allocatable=epc_of(allocatable, epc_resources, keep_zero=True),

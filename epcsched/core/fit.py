@@ -78,52 +78,64 @@ def fit_masks(snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray) -
     return FitMasks(ok, failed, unresolvable, unknown)
 
 
-def reason(snapshot: ClusterSnapshot, request: PodRequest, node: str) -> str:
-    """Why `request` does not fit `node`, in words an operator can act on."""
-    slot = snapshot.slots.get(node)
-    if slot is None:
-        return f"node {node} is not in epcsched's cluster cache"
-    info = snapshot.infos[slot]
-    parts: list[str] = []
+def reasons(snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray) -> list[str]:
+    """Why `request` does not fit each slot, in words an operator can act on.
+
+    Figures are read for all slots at once; only the formatting is per node, so explaining
+    thousands of failures stays cheap.
+    """
+    n = slots.shape[0]
+    unknown = slots < 0
+    safe = np.where(unknown, 0, slots)
+    parts: list[list[str]] = [[] for _ in range(n)]
     for name, need in sorted(request.epc.items()):
         column = snapshot.epc.get(name)
-        if column is None or not column.has[slot]:
-            if snapshot.advertisers.get(name, 0) == 0:
-                advertised = ", ".join(snapshot.epc_names_advertised()) or "none"
-                parts.append(
-                    f"no node in the cluster advertises {name} "
-                    f"(EPC resources advertised: {advertised})"
-                )
-            else:
-                has = ", ".join(sorted(info.epc_allocatable)) if info else ""
-                parts.append(
+        if column is None or snapshot.advertisers.get(name, 0) == 0:
+            advertised = ", ".join(snapshot.epc_names_advertised()) or "none"
+            text = (
+                f"no node in the cluster advertises {name} (EPC resources advertised: {advertised})"
+            )
+            for p in parts:
+                p.append(text)
+            continue
+        has = column.has[safe].tolist()
+        allocatable = column.allocatable[safe].tolist()
+        headroom = column.headroom[safe].tolist()
+        free = snapshot.free(name, safe).tolist()
+        usage = snapshot.usage[safe].tolist()
+        measured = snapshot.accounting != "requests"
+        for i in range(n):
+            if not has[i]:
+                info = snapshot.infos[int(safe[i])]
+                others = ", ".join(sorted(info.epc_allocatable)) if info is not None else ""
+                parts[i].append(
                     f"node does not advertise {name}"
-                    + (f" (it advertises {has})" if has else " (it has no EPC)")
+                    + (f" (it advertises {others})" if others else " (it has no EPC)")
                 )
+            elif allocatable[i] - headroom[i] < need:
+                kept = f" after {format_bytes(headroom[i])} headroom" if headroom[i] else ""
+                parts[i].append(
+                    f"{name}: requested {format_bytes(need)}, but the node has only "
+                    f"{format_bytes(allocatable[i] - headroom[i])} allocatable{kept}"
+                )
+            elif free[i] < need:
+                note = (
+                    f" (measured in use {format_bytes(usage[i])})"
+                    if measured and usage[i] >= 0
+                    else ""
+                )
+                parts[i].append(
+                    f"insufficient {name}: requested {format_bytes(need)}, "
+                    f"free {format_bytes(max(free[i], 0))} of {format_bytes(allocatable[i])}" + note
+                )
+    result = []
+    names = snapshot.slot_names
+    for i in range(n):
+        if unknown[i]:
+            result.append("node is not in epcsched's cluster cache")
             continue
-        allocatable = int(column.allocatable[slot])
-        usable = allocatable - int(column.headroom[slot])
-        if usable < need:
-            kept = f" after {format_bytes(allocatable - usable)} headroom" if usable != allocatable else ""
-            parts.append(
-                f"{name}: requested {format_bytes(need)}, but the node has only "
-                f"{format_bytes(usable)} allocatable{kept}"
-            )
-            continue
-        free = int(snapshot.free(name, np.array([slot], dtype=np.int64))[0])
-        if free < need:
-            parts.append(
-                f"insufficient {name}: requested {format_bytes(need)}, "
-                f"free {format_bytes(max(free, 0))} of {format_bytes(allocatable)}"
-                + _measured_note(snapshot, name, slot)
-            )
-    if node in snapshot.pressure:
-        parts.append(snapshot.pressure[node])
-    return "; ".join(parts) if parts else "fits"
-
-
-def _measured_note(snapshot: ClusterSnapshot, name: str, slot: int) -> str:
-    usage = int(snapshot.usage[slot])
-    if usage < 0 or snapshot.accounting == "requests":
-        return ""
-    return f" (measured in use {format_bytes(usage)})"
+        node = names[int(safe[i])]
+        if request.wants_epc and node in snapshot.pressure:
+            parts[i].append(snapshot.pressure[node])
+        result.append("; ".join(parts[i]) if parts[i] else "fits")
+    return result

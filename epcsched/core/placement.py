@@ -23,9 +23,7 @@ def all_slots(snapshot: ClusterSnapshot) -> tuple[list[str], IntArray]:
 def resources_fit(snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray) -> BoolArray:
     """kube-scheduler's NodeResourcesFit on CPU, memory and pod count, plus cordoned nodes."""
     cpu_ok = snapshot.cpu_requested[slots] + request.cpu_milli <= snapshot.cpu_allocatable[slots]
-    mem_ok = (
-        snapshot.memory_requested[slots] + request.memory <= snapshot.memory_allocatable[slots]
-    )
+    mem_ok = snapshot.memory_requested[slots] + request.memory <= snapshot.memory_allocatable[slots]
     # A request of zero fits even a node that advertises none (kube-scheduler skips it).
     if request.cpu_milli == 0:
         cpu_ok[:] = True

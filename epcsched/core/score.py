@@ -49,10 +49,12 @@ def raw_scores(
     if strategy == "spread":
         return 1.0 - after
     if strategy == "balanced":
-        cpu = _fraction(snapshot.cpu_requested[slots] + request.cpu_milli,
-                        snapshot.cpu_allocatable[slots])
-        memory = _fraction(snapshot.memory_requested[slots] + request.memory,
-                           snapshot.memory_allocatable[slots])
+        cpu = _fraction(
+            snapshot.cpu_requested[slots] + request.cpu_milli, snapshot.cpu_allocatable[slots]
+        )
+        memory = _fraction(
+            snapshot.memory_requested[slots] + request.memory, snapshot.memory_allocatable[slots]
+        )
         return 1.0 - np.abs(after - (cpu + memory) / 2.0)
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
 

@@ -73,9 +73,7 @@ def load_snapshot(
             kind = item.get("kind")
             try:
                 if kind == "Node":
-                    snap.upsert_node(
-                        node_info(msgspec.convert(item, Node), config.epc.resources)
-                    )
+                    snap.upsert_node(node_info(msgspec.convert(item, Node), config.epc.resources))
                 elif kind == "Pod":
                     pod = pod_info(msgspec.convert(item, Pod), config.epc.resources)
                     if not pod.name:
@@ -87,7 +85,10 @@ def load_snapshot(
             except msgspec.ValidationError as exc:
                 raise SnapshotError(f"{path}: {where} ({kind}): {exc}") from None
             except ObjectError as exc:
-                name = item.get("metadata", {}).get("name") if isinstance(
-                    item.get("metadata"), dict) else None
+                name = (
+                    item.get("metadata", {}).get("name")
+                    if isinstance(item.get("metadata"), dict)
+                    else None
+                )
                 raise SnapshotError(f"{path}: {where} ({kind} {name}): {exc}") from None
     return snap

@@ -1,0 +1,1 @@
+"""The scheduler extender: kube-scheduler's HTTP callout for EPC filter, scores and bind."""

@@ -1,0 +1,139 @@
+"""The extender's aiohttp application, built by one factory from settings and cluster state.
+
+State lives under typed `web.AppKey`s; background work (informers, telemetry polls) starts and
+stops with the app through `cleanup_ctx`. Handlers only move bytes between HTTP and
+`ExtenderService`; every malformed request becomes a 400 with a one-line message, and nothing a
+client sends can produce a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from epcsched.config import Config
+from epcsched.extender.metrics import ExtenderMetrics
+from epcsched.extender.service import ExtenderService
+from epcsched.extender.wire import BadRequest, error_reply
+from epcsched.state import ClusterState
+
+log = logging.getLogger("epcsched.extender")
+
+CONFIG = web.AppKey("config", Config)
+STATE = web.AppKey("state", ClusterState)
+SERVICE = web.AppKey("service", ExtenderService)
+METRICS = web.AppKey("metrics", ExtenderMetrics)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_JSON = "application/json"
+
+
+def _verb(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    name = resource.name if resource is not None else None
+    return name or "other"
+
+
+@web.middleware
+async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    metrics = request.app[METRICS]
+    started = time.perf_counter()
+    code = 500
+    try:
+        response = await handler(request)
+        code = response.status
+        return response
+    except web.HTTPException as exc:
+        code = exc.status
+        raise
+    except Exception:
+        log.exception("internal error answering %s %s", request.method, request.path)
+        code = 500
+        return web.Response(
+            status=500, body=error_reply("internal error; see the extender log"), content_type=_JSON
+        )
+    finally:
+        metrics.observe(_verb(request), code, time.perf_counter() - started)
+
+
+def _bad_request(exc: BadRequest) -> web.Response:
+    return web.Response(status=400, body=error_reply(str(exc)), content_type=_JSON)
+
+
+async def _filter(request: web.Request) -> web.Response:
+    body = await request.read()
+    try:
+        reply = request.app[SERVICE].filter(body)
+    except BadRequest as exc:
+        return _bad_request(exc)
+    return web.Response(body=reply, content_type=_JSON)
+
+
+async def _prioritize(request: web.Request) -> web.Response:
+    body = await request.read()
+    try:
+        reply = request.app[SERVICE].prioritize(body)
+    except BadRequest as exc:
+        return _bad_request(exc)
+    return web.Response(body=reply, content_type=_JSON)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    ready = state.ready()
+    detail: dict[str, object] = {"ready": ready, "state": state.detail()}
+    return web.json_response(detail, status=200 if ready else 503)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    payload = generate_latest(request.app[METRICS].registry)
+    response = web.Response(body=payload)
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return response
+
+
+async def _run_state(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    await state.start()
+    try:
+        yield
+    finally:
+        await state.stop()
+
+
+def create_app(
+    config: Config,
+    state: ClusterState,
+    *,
+    registry: CollectorRegistry | None = None,
+) -> web.Application:
+    """Build the extender app; `state` is started and stopped with it."""
+    settings = config.extender
+    app = web.Application(middlewares=[_observe], client_max_size=settings.max_body_bytes)
+    app[CONFIG] = config
+    app[STATE] = state
+    app[SERVICE] = ExtenderService(
+        lambda: state.snapshot,
+        strategy=settings.strategy,
+        prefer_non_sgx=settings.prefer_non_sgx,
+    )
+    app[METRICS] = ExtenderMetrics(registry or CollectorRegistry(), lambda: state.snapshot)
+    prefix = settings.prefix.rstrip("/")
+    if prefix and not prefix.startswith("/"):
+        prefix = "/" + prefix
+    app.router.add_post(f"{prefix}/filter", _filter, name="filter")
+    app.router.add_post(f"{prefix}/prioritize", _prioritize, name="prioritize")
+    app.router.add_get("/healthz", _healthz, name="healthz")
+    app.router.add_get("/readyz", _readyz, name="readyz")
+    app.router.add_get("/metrics", _metrics, name="metrics")
+    app.cleanup_ctx.append(_run_state)
+    return app

@@ -1,0 +1,93 @@
+"""`epcsched extender`: serve kube-scheduler's extender calls."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any
+
+from epcsched.cli import CommandError
+from epcsched.config import STRATEGIES, Config, load_config
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "extender",
+        help="serve the kube-scheduler extender (filter, prioritize)",
+        description="Serve kube-scheduler extender v1 calls: EPC filter and scores.",
+    )
+    parser.add_argument(
+        "--snapshot",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="cluster state from `kubectl get nodes,pods -A -o json` (JSON or YAML); repeatable",
+    )
+    parser.add_argument("--config", metavar="FILE", help="epcsched YAML configuration")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 8888)")
+    parser.add_argument("--strategy", choices=STRATEGIES, help="scoring strategy")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.set_defaults(func=run)
+
+
+def settings_from(args: argparse.Namespace) -> Config:
+    """The config file, with flags taking precedence over it."""
+    config = load_config(args.config)
+    if args.host is not None:
+        config.extender.host = args.host
+    if args.port is not None:
+        if not 0 <= args.port <= 65535:
+            raise CommandError(f"--port: must be 0..65535, got {args.port}")
+        config.extender.port = args.port
+    if args.strategy is not None:
+        config.extender.strategy = args.strategy
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = settings_from(args)
+    if not args.snapshot:
+        raise CommandError("--snapshot: give at least one cluster snapshot file")
+    from epcsched.kube.snapshot import load_snapshot
+    from epcsched.state import SnapshotState
+
+    snapshot = load_snapshot(args.snapshot, config)
+    state = SnapshotState(snapshot, sources=list(args.snapshot))
+    serve(config, state)
+    return 0
+
+
+def serve(config: Config, state: Any) -> None:
+    """Run the app until interrupted, on uvloop when it is installed."""
+    from aiohttp import web
+
+    from epcsched.extender.app import create_app
+
+    app = create_app(config, state)
+    log = logging.getLogger("epcsched.extender")
+    log.info(
+        "extender listening on %s:%d (strategy %s)",
+        config.extender.host,
+        config.extender.port,
+        config.extender.strategy,
+    )
+    try:
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        loop = asyncio.new_event_loop()
+    web.run_app(
+        app,
+        host=config.extender.host,
+        port=config.extender.port,
+        loop=loop,
+        print=None,
+        access_log=None,
+        handle_signals=True,
+    )

@@ -73,11 +73,9 @@ def _epc_summary(snapshot: ClusterSnapshot, slot: int) -> str:
     one = np.array([slot], dtype=np.int64)
     for name, column in snapshot.epc.items():
         if column.has[slot]:
-            free = int(snapshot.free(name, one)[0])
-            parts.append(
-                f"{format_bytes(max(free, 0))} free of {format_bytes(int(column.allocatable[slot]))}"
-                f" {name}"
-            )
+            free = format_bytes(max(int(snapshot.free(name, one)[0]), 0))
+            allocatable = format_bytes(int(column.allocatable[slot]))
+            parts.append(f"{free} free of {allocatable} {name}")
     return ", ".join(parts) or "no EPC"
 
 

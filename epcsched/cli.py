@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "epcsched.extender.command",
     "epcsched.explain",
+    "epcsched.exporter.command",
 )
 
 

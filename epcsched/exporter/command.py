@@ -1,0 +1,116 @@
+"""`epcsched exporter`: serve one node's kernel EPC figures to Prometheus.
+
+Runs as a DaemonSet on SGX nodes, with the host's `/sys` mounted under `--sysfs-root` and the
+node name from the downward API (`NODE_NAME`), so Prometheus series carry the name the scheduler
+knows the node by.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from epcsched.cli import CommandError
+from epcsched.exporter.collector import EpcCollector
+from epcsched.exporter.sysfs import read_epc
+
+log = logging.getLogger("epcsched.exporter")
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "exporter",
+        help="serve this node's EPC figures (sysfs, SGX driver, misc cgroup) to Prometheus",
+        description=(
+            "Expose the node's EPC capacity, free EPC, paging counters and per-pod EPC on "
+            "/metrics, read from the kernel's files on every scrape."
+        ),
+    )
+    parser.add_argument(
+        "--sysfs-root",
+        default="/",
+        metavar="DIR",
+        help="directory that holds sys/ (default /; a DaemonSet mounts the host's /sys below it)",
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=9877, help="port to listen on (default 9877)")
+    parser.add_argument(
+        "--node-name",
+        metavar="NAME",
+        help="value of the `node` label (default: the NODE_NAME environment variable)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.set_defaults(func=run)
+
+
+def check_root(value: str) -> Path:
+    root = Path(value)
+    if not root.is_dir():
+        raise CommandError(f"--sysfs-root: {value} is not a directory")
+    try:
+        next(root.iterdir(), None)
+    except OSError as exc:
+        raise CommandError(f"--sysfs-root: cannot read {value}: {exc.strerror}") from None
+    return root
+
+
+def node_name(flag: str | None) -> str:
+    name = flag if flag is not None else os.environ.get("NODE_NAME", "")
+    if not name.strip():
+        raise CommandError("--node-name: not given and NODE_NAME is not set")
+    return name.strip()
+
+
+def serve(root: Path, node: str, *, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
+    """Start serving /metrics in a background thread; the caller shuts the server down."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(EpcCollector(root, node))
+    try:
+        return start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    level = logging.getLevelName(args.log_level.upper())
+    if not isinstance(level, int):
+        raise CommandError(f"--log-level: unknown level {args.log_level!r}")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not 0 <= args.port <= 65535:
+        raise CommandError(f"--port: must be 0..65535, got {args.port}")
+    root = check_root(args.sysfs_root)
+    node = node_name(args.node_name)
+    reading = read_epc(root)
+    if reading.sources:
+        log.info("EPC sources under %s: %s", root, ", ".join(reading.sources))
+    else:
+        # Still serve: a node may get its SGX driver later, and an empty scrape is honest.
+        log.warning("no EPC figures readable under %s; serving no EPC metrics for now", root)
+    server, thread = serve(root, node, host=args.host, port=args.port)
+    log.info("exporter for node %s listening on %s:%d", node, args.host, server.server_port)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    # Kubernetes stops pods with SIGTERM; shut the server down cleanly rather than die mid-write.
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    return 0

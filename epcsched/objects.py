@@ -18,6 +18,10 @@ from epcsched.model import NodeInfo, PodInfo, Taint
 from epcsched.quantity import QuantityError, ceil_int, parse_quantity
 
 QuantityValue = str | int | float
+
+# Per-node sums are int64 arrays; no real amount (bytes, millicores) comes near 2**53 (8 PiB),
+# so anything larger is refused rather than allowed to overflow a sum.
+MAX_AMOUNT = 2**53
 ResourceList = dict[str, QuantityValue]
 
 
@@ -115,6 +119,8 @@ def _amounts(resources: ResourceList | None, path: str) -> dict[str, Fraction]:
             raise ObjectError(f"{path}[{name}]: {exc}") from None
         if amount < 0:
             raise ObjectError(f"{path}[{name}]: negative quantity {value!r}")
+        if amount > MAX_AMOUNT:
+            raise ObjectError(f"{path}[{name}]: quantity {value!r} is too large")
         parsed[name] = amount
     return parsed
 
@@ -156,6 +162,12 @@ def pod_resource_amounts(pod: Pod) -> dict[str, Fraction]:
     return total
 
 
+def _bounded(name: str, amount: int) -> int:
+    if amount > MAX_AMOUNT:
+        raise ObjectError(f"{name}: {amount} is too large")
+    return amount
+
+
 def epc_of(
     amounts: Mapping[str, Fraction], epc_resources: Mapping[str, int], *, keep_zero: bool = False
 ) -> dict[str, int]:
@@ -164,7 +176,7 @@ def epc_of(
     A pod's zero request asks for nothing, but a node advertising zero still advertises the name.
     """
     return {
-        name: ceil_int(amount * epc_resources[name])
+        name: _bounded(name, ceil_int(amount * epc_resources[name]))
         for name, amount in amounts.items()
         if name in epc_resources and (amount > 0 or keep_zero)
     }
@@ -186,8 +198,8 @@ def pod_info(pod: Pod, epc_resources: Mapping[str, int]) -> PodInfo:
         node_name=spec.nodeName or None,
         phase=(pod.status.phase if pod.status and pod.status.phase else "Pending"),
         epc=epc_of(amounts, epc_resources),
-        cpu_milli=ceil_int(amounts.get("cpu", Fraction(0)) * 1000),
-        memory=ceil_int(amounts.get("memory", Fraction(0))),
+        cpu_milli=_bounded("cpu", ceil_int(amounts.get("cpu", Fraction(0)) * 1000)),
+        memory=_bounded("memory", ceil_int(amounts.get("memory", Fraction(0)))),
         node_selector=dict(spec.nodeSelector or {}),
         owner_kind=owner,
     )
@@ -211,9 +223,9 @@ def node_info(node: Node, epc_resources: Mapping[str, int]) -> NodeInfo:
     return NodeInfo(
         name=meta.name,
         epc_allocatable=epc_of(allocatable, epc_resources, keep_zero=True),
-        cpu_milli=ceil_int(allocatable.get("cpu", Fraction(0)) * 1000),
-        memory=ceil_int(allocatable.get("memory", Fraction(0))),
-        pods=ceil_int(allocatable.get("pods", Fraction(110))),
+        cpu_milli=_bounded("cpu", ceil_int(allocatable.get("cpu", Fraction(0)) * 1000)),
+        memory=_bounded("memory", ceil_int(allocatable.get("memory", Fraction(0)))),
+        pods=_bounded("pods", ceil_int(allocatable.get("pods", Fraction(110)))),
         labels=dict(meta.labels or {}),
         taints=tuple(
             Taint(key=t.key, value=t.value or "", effect=t.effect) for t in spec.taints or ()

@@ -187,13 +187,18 @@ class PrometheusSettings:
     node_label: str = "node"
     """Label that names the node in query results."""
     capacity_query: str = "sum by (node) (epcsched_node_epc_capacity_bytes)"
-    """PromQL for EPC capacity in bytes per node."""
+    """PromQL for EPC capacity in bytes per node (series of one node are summed)."""
     used_query: str = (
         "sum by (node) (epcsched_node_epc_capacity_bytes - epcsched_node_epc_free_bytes)"
     )
-    """PromQL for EPC in use in bytes per node."""
+    """PromQL for EPC in use in bytes per node (series of one node are summed)."""
     paging_query: str = "sum by (node) (rate(epcsched_node_epc_evicted_pages_total[2m]))"
     """PromQL for EPC pages evicted per second per node."""
+    freshness_query: str = "max by (node) (timestamp(epcsched_node_epc_capacity_bytes))"
+    """PromQL for the time (Unix seconds) of each node's newest sample; a node whose newest
+    sample is older than staleAfter is left to requests. Empty skips the per-node check."""
+    timeout: float = field(default=5.0, metadata=_parse(parse_duration))
+    """How long one poll may wait for Prometheus before it counts as failed."""
 
 
 @dataclass
@@ -355,6 +360,17 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{where}.maxSize: must be >= minSize")
     if config.extender.reservation_ttl <= 0:
         raise ConfigError("extender.reservationTtl: must be positive")
+    prom = config.prometheus
+    for key, seconds in (
+        ("interval", prom.interval),
+        ("staleAfter", prom.stale_after),
+        ("timeout", prom.timeout),
+    ):
+        if seconds <= 0:
+            raise ConfigError(f"prometheus.{key}: must be positive")
+    url = prom.url
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"prometheus.url: must start with http:// or https://, got {url!r}")
 
 
 def config_from_mapping(data: object, *, source: str = "") -> Config:

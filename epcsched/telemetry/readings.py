@@ -1,0 +1,144 @@
+"""From Prometheus query results to what placement uses: EPC in use and pressure, per node.
+
+Kept apart from the poller so the rules (which samples are fresh enough, when a node is under
+pressure, how the reason reads) are plain functions of the query results and the time, with no
+network or clock in them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from epcsched.config import PressureSettings
+from epcsched.quantity import format_bytes
+
+Vector = list[dict[str, Any]]
+"""The `result` of an instant query: `[{"metric": {labels}, "value": [time, "text"]}, ...]`."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResults:
+    """The vectors one poll got back; None for a query the poll did not need to run."""
+
+    used: Vector
+    freshness: Vector | None = None
+    capacity: Vector | None = None
+    paging: Vector | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Readings:
+    """What one poll means for placement."""
+
+    usage: dict[str, int] = field(default_factory=dict)
+    """Measured EPC in use in bytes, for nodes with fresh data."""
+    pressure: dict[str, str] = field(default_factory=dict)
+    """Nodes under EPC pressure, with the reason, for nodes with fresh data."""
+    fresh_nodes: int = 0
+    """Nodes whose newest sample is within staleAfter."""
+    stale_nodes: tuple[str, ...] = ()
+    """Nodes whose newest sample is older than staleAfter, left to requests."""
+    problem: str | None = None
+    """Why the poll as a whole gives nothing to use (no samples, all too old); None if usable."""
+
+
+def by_node(
+    vector: Iterable[Mapping[str, Any]], label: str, combine: Callable[..., float]
+) -> dict[str, float]:
+    """Values of `vector` per node label, several series of one node combined; NaN is dropped."""
+    values: dict[str, list[float]] = {}
+    for series in vector:
+        node = series.get("metric", {}).get(label)
+        try:
+            value = float(series["value"][1])
+        except (KeyError, IndexError, TypeError, ValueError):
+            continue
+        if not node or not math.isfinite(value):
+            continue
+        values.setdefault(node, []).append(value)
+    return {node: combine(vs) for node, vs in values.items()}
+
+
+def _number(value: float) -> str:
+    if value == int(value):
+        return str(int(value))
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def _percent(share: float) -> str:
+    return f"{share * 100:.1f}".rstrip("0").rstrip(".") + "%"
+
+
+def pressure_reason(
+    settings: PressureSettings,
+    *,
+    paging: float | None,
+    used: int | None,
+    capacity: float | None,
+) -> str | None:
+    """Why a node must take no new EPC pods, or None when it may."""
+    why: list[str] = []
+    if settings.paging_rate is not None and paging is not None and paging > settings.paging_rate:
+        why.append(f"paging {_number(paging)} pages/s above {_number(settings.paging_rate)}")
+    watermark = settings.usage_watermark
+    if watermark is not None and used is not None and capacity is not None and capacity > 0:
+        share = used / capacity
+        if share > watermark:
+            why.append(
+                f"{_percent(share)} of EPC in use ({format_bytes(used)} of "
+                f"{format_bytes(int(capacity))}), above {_percent(watermark)}"
+            )
+    return "EPC pressure: " + "; ".join(why) if why else None
+
+
+def evaluate(
+    results: QueryResults,
+    *,
+    label: str,
+    now: float,
+    stale_after: float,
+    pressure: PressureSettings,
+) -> Readings:
+    """Usage and pressure per node from one poll's results, as seen at time `now`."""
+    used = by_node(results.used, label, sum)
+    capacity = by_node(results.capacity or [], label, sum)
+    paging = by_node(results.paging or [], label, sum)
+    nodes = set(used) | set(capacity) | set(paging)
+    stale: list[str] = []
+    if results.freshness is not None:
+        newest = by_node(results.freshness, label, max)
+        nodes |= set(newest)
+        stale = sorted(n for n in nodes if now - newest.get(n, -math.inf) > stale_after)
+        if not nodes:
+            return Readings(problem="no EPC samples in Prometheus for the configured queries")
+        if len(stale) == len(nodes):
+            age = now - max(newest.values(), default=-math.inf)
+            what = f"{age:.0f}s old" if math.isfinite(age) else "of unknown age"
+            return Readings(
+                stale_nodes=tuple(stale),
+                problem=f"newest EPC sample is {what}, older than staleAfter {stale_after:g}s",
+            )
+    elif not nodes:
+        return Readings(problem="no EPC samples in Prometheus for the configured queries")
+    skip = set(stale)
+    usage: dict[str, int] = {}
+    reasons: dict[str, str] = {}
+    for node in sorted(nodes - skip):
+        # capacity - free can dip below zero when two sources disagree for a moment.
+        in_use = max(round(used[node]), 0) if node in used else None
+        if in_use is not None:
+            usage[node] = in_use
+        reason = pressure_reason(
+            pressure, paging=paging.get(node), used=in_use, capacity=capacity.get(node)
+        )
+        if reason is not None:
+            reasons[node] = reason
+    return Readings(
+        usage=usage,
+        pressure=reasons,
+        fresh_nodes=len(nodes) - len(skip),
+        stale_nodes=tuple(stale),
+    )

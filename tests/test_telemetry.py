@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +29,9 @@ from epcsched.config import ConfigError, PressureSettings, PrometheusSettings, c
 from epcsched.core.fit import PodRequest, fit_masks, reasons
 from epcsched.core.snapshot import ClusterSnapshot
 from epcsched.exporter.command import serve
+from epcsched.extender.app import create_app
 from epcsched.model import NodeInfo, PodInfo
+from epcsched.state import SnapshotState
 from epcsched.telemetry import Telemetry
 from tests.prometheus_fixtures import PrometheusServer, backfill
 
@@ -396,3 +401,125 @@ async def test_live_exporter_then_prometheus_stops_and_comes_back(
     # Stopped telemetry leaves nothing behind that nobody keeps up to date.
     assert snapshot.usage[slot] == -1
     assert snapshot.pressure == {}
+
+
+# ----- wired into the extender ----------------------------------------------------------------
+
+
+def enclave_pod(name: str, epc: str) -> dict[str, object]:
+    return {
+        "metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}"},
+        "spec": {
+            "containers": [
+                {"name": "app", "resources": {"requests": {EPC: epc}, "limits": {EPC: epc}}}
+            ]
+        },
+    }
+
+
+@pytest.mark.timeout(60)
+async def test_extender_filters_by_telemetry_and_reports_it_in_readyz(
+    history_prometheus: PrometheusServer, aiohttp_client: Any
+) -> None:
+    config = config_from_mapping(
+        {
+            "prometheus": {"url": history_prometheus.url, "interval": "1h", "staleAfter": "30s"},
+            "pressure": {"pagingRate": 1000, "usageWatermark": 0.9},
+        }
+    )
+    snapshot = cluster(*NODES)
+    snapshot.accounting = config.accounting
+    registry = CollectorRegistry()
+    clock = Clock(T0)
+    telemetry = Telemetry(
+        config.prometheus, config.pressure, lambda: snapshot, registry, clock=clock
+    )
+    app = create_app(config, SnapshotState(snapshot), registry=registry, telemetry=telemetry)
+    client = await aiohttp_client(app)
+    # The app's cleanup_ctx started the poller; its first poll runs at once.
+    await wait_for(lambda: not telemetry.stale, 10, "first poll through the app")
+
+    body = {"Pod": enclave_pod("enclave", "60Mi"), "Nodes": None, "NodeNames": list(NODES)}
+    reply = await (await client.post("/filter", json=body)).json()
+    assert reply["NodeNames"] == ["n3", "n4"]
+    assert reply["FailedNodes"] == {
+        "n1": "insufficient sgx.intel.com/epc: requested 60Mi, free 54Mi of 94Mi "
+        "(measured in use 40Mi); EPC pressure: paging 1500 pages/s above 1000",
+        "n2": "insufficient sgx.intel.com/epc: requested 60Mi, free 4Mi of 94Mi "
+        "(measured in use 90Mi); EPC pressure: 95.7% of EPC in use (90Mi of 94Mi), above 90%",
+    }
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["telemetry"]["stale"] is False
+    metrics = await (await client.get("/metrics")).text()
+    assert "epcsched_telemetry_stale 0.0" in metrics
+
+    # Telemetry goes stale: the very next filter decides by requests, and readyz stays 200.
+    clock.now = T0 + 45
+    await telemetry.poll()
+    reply = await (await client.post("/filter", json=body)).json()
+    assert reply["NodeNames"] == ["n1", "n2", "n3", "n4"]
+    assert reply["FailedNodes"] == {}
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    detail = (await ready.json())["telemetry"]
+    assert detail["stale"] is True
+    assert detail["error"] == "newest EPC sample is 45s old, older than staleAfter 30s"
+    metrics = await (await client.get("/metrics")).text()
+    assert "epcsched_telemetry_stale 1.0" in metrics
+
+
+@pytest.mark.timeout(60)
+async def test_extender_builds_its_poller_from_prometheus_url(
+    history_prometheus: PrometheusServer, aiohttp_client: Any
+) -> None:
+    """With only `prometheus.url` set, the app polls on its own (here: nothing recent)."""
+    config = config_from_mapping({"prometheus": {"url": history_prometheus.url}})
+    snapshot = cluster(*NODES)
+    client = await aiohttp_client(create_app(config, SnapshotState(snapshot)))
+
+    async def telemetry_detail() -> dict[str, Any]:
+        ready = await client.get("/readyz")
+        assert ready.status == 200
+        body: dict[str, Any] = await ready.json()
+        return body["telemetry"]
+
+    started = time.monotonic()
+    while (await telemetry_detail())["error"] == "no poll yet":
+        assert time.monotonic() - started < 10
+        await asyncio.sleep(0.05)
+    # The history ends half an hour ago: Prometheus has nothing current to give.
+    assert await telemetry_detail() == {
+        "prometheus": history_prometheus.url,
+        "stale": True,
+        "lastSuccessAgeSeconds": None,
+        "error": "no EPC samples in Prometheus for the configured queries",
+    }
+    metrics = await (await client.get("/metrics")).text()
+    assert "epcsched_telemetry_stale 1.0" in metrics
+
+
+def test_extender_command_rejects_a_bad_prometheus_url(tmp_path: Path) -> None:
+    snapshot_file = tmp_path / "cluster.json"
+    snapshot_file.write_text('{"apiVersion": "v1", "kind": "List", "items": []}')
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "epcsched",
+            "extender",
+            "--snapshot",
+            str(snapshot_file),
+            "--prometheus-url",
+            "prometheus:9090",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "epcsched extender: error: --prometheus-url: must start with http:// or https://, "
+        "got 'prometheus:9090'"
+    )
+    assert "Traceback" not in result.stderr

@@ -21,6 +21,7 @@ from epcsched.extender.metrics import ExtenderMetrics
 from epcsched.extender.service import ExtenderService
 from epcsched.extender.wire import BadRequest, error_reply
 from epcsched.state import ClusterState
+from epcsched.telemetry import Telemetry
 
 log = logging.getLogger("epcsched.extender")
 
@@ -28,6 +29,7 @@ CONFIG = web.AppKey("config", Config)
 STATE = web.AppKey("state", ClusterState)
 SERVICE = web.AppKey("service", ExtenderService)
 METRICS = web.AppKey("metrics", ExtenderMetrics)
+TELEMETRY = web.AppKey("telemetry", Telemetry)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _JSON = "application/json"
@@ -91,6 +93,10 @@ async def _readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     ready = state.ready()
     detail: dict[str, object] = {"ready": ready, "state": state.detail()}
+    # Stale telemetry degrades decisions to requests but does not make the extender unready.
+    telemetry = request.app.get(TELEMETRY)
+    if telemetry is not None:
+        detail["telemetry"] = telemetry.detail()
     return web.json_response(detail, status=200 if ready else 503)
 
 
@@ -110,13 +116,24 @@ async def _run_state(app: web.Application) -> AsyncIterator[None]:
         await state.stop()
 
 
+async def _run_telemetry(app: web.Application) -> AsyncIterator[None]:
+    telemetry = app[TELEMETRY]
+    await telemetry.start()
+    try:
+        yield
+    finally:
+        await telemetry.stop()
+
+
 def create_app(
     config: Config,
     state: ClusterState,
     *,
     registry: CollectorRegistry | None = None,
+    telemetry: Telemetry | None = None,
 ) -> web.Application:
-    """Build the extender app; `state` is started and stopped with it."""
+    """Build the extender app; `state` (and telemetry, when given or when `prometheus.url` is
+    set) is started and stopped with it."""
     settings = config.extender
     app = web.Application(middlewares=[_observe], client_max_size=settings.max_body_bytes)
     app[CONFIG] = config
@@ -136,4 +153,11 @@ def create_app(
     app.router.add_get("/readyz", _readyz, name="readyz")
     app.router.add_get("/metrics", _metrics, name="metrics")
     app.cleanup_ctx.append(_run_state)
+    if telemetry is None and config.prometheus.url:
+        telemetry = Telemetry(
+            config.prometheus, config.pressure, lambda: state.snapshot, app[METRICS].registry
+        )
+    if telemetry is not None:
+        app[TELEMETRY] = telemetry
+        app.cleanup_ctx.append(_run_telemetry)
     return app

@@ -28,6 +28,11 @@ def register(sub: Any) -> None:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8888)")
     parser.add_argument("--strategy", choices=STRATEGIES, help="scoring strategy")
+    parser.add_argument(
+        "--prometheus-url",
+        metavar="URL",
+        help="poll this Prometheus for measured EPC use and paging (prometheus.url)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     parser.set_defaults(func=run)
 
@@ -43,6 +48,13 @@ def settings_from(args: argparse.Namespace) -> Config:
         config.extender.port = args.port
     if args.strategy is not None:
         config.extender.strategy = args.strategy
+    url = args.prometheus_url
+    if url is not None:
+        if not url.startswith(("http://", "https://")):
+            raise CommandError(
+                f"--prometheus-url: must start with http:// or https://, got {url!r}"
+            )
+        config.prometheus.url = url
     return config
 
 

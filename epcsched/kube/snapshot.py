@@ -63,7 +63,7 @@ def load_snapshot(
 ) -> ClusterSnapshot:
     """Read every file into one snapshot; later files replace objects of the same name."""
     snap = snapshot or ClusterSnapshot(
-        config.epc.resources, headroom=config.epc.headroom, accounting="requests"
+        config.epc.resources, headroom=config.epc.headroom, accounting=config.accounting
     )
     for raw_path in paths:
         path = Path(raw_path)

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "epcsched.extender.command",
     "epcsched.explain",
     "epcsched.exporter.command",
+    "epcsched.simulation.command",
 )
 
 

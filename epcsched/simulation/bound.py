@@ -1,0 +1,282 @@
+"""A proven lower bound on the nodes a workload needs if no pod ever waits.
+
+If every pod ran from its submit time for its duration, then at each moment the pods running
+would have to be bin-packed, by EPC, into the nodes present; so no run in which no pod waited can
+have fewer nodes at its peak than `max over t of OPT(EPC of the pods active at t)`. Only the
+moments when the active set is maximal (an arrival followed by a departure before the next
+arrival) can give the maximum, since a subset never needs more bins.
+
+`OPT` is solved exactly (a bin-packing MILP with `scipy.optimize.milp`, skipped when the
+Martello-Toth L2 bound already meets first-fit-decreasing) when the instances are small;
+otherwise the bound is the largest L2 (Martello & Toth, 1990), itself a proven lower bound on
+`OPT`. Bins are the pool template's EPC less the headroom. With several pools, each pool gets
+its own figure; the overall bound uses the pool with the most EPC per node, since swapping any
+node for a bigger one never hurts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import sparse
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from epcsched.simulation.scenario import Scenario
+from epcsched.simulation.workload import Workload
+
+IntArray = npt.NDArray[np.int64]
+
+#: Largest active set handed to the MILP; beyond it the L2 bound is used.
+EXACT_MAX_ITEMS = 80
+#: Wall-clock budget for all MILP solves of one bound, in seconds.
+EXACT_BUDGET_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolBound:
+    """The bound in nodes of one pool's template."""
+
+    pool: str
+    capacity: int
+    """EPC bytes one node offers (allocatable less headroom)."""
+    peak_nodes: int
+    method: str
+    """`milp` (exact) or `l2` (Martello-Toth lower bound)."""
+    at_s: float
+    """A moment at which the bound is reached."""
+    pods_excluded: int
+    """Pods too big for this template (they can never run on it)."""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "peakNodes": self.peak_nodes,
+            "method": self.method,
+            "atS": round(self.at_s, 3),
+            "podsExcluded": self.pods_excluded,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LowerBound:
+    peak_nodes: int
+    method: str
+    per_pool: dict[str, PoolBound]
+
+    def to_json(self) -> dict[str, object]:
+        data: dict[str, object] = {"peakNodes": self.peak_nodes, "method": self.method}
+        if len(self.per_pool) > 1:
+            data["perPool"] = {name: b.to_json() for name, b in self.per_pool.items()}
+        return data
+
+
+def l2_bound(sizes: IntArray, capacity: int) -> int:
+    """Martello-Toth L2: a lower bound on the bins of size `capacity` that hold `sizes`."""
+    w = np.sort(sizes[sizes > 0])
+    if w.shape[0] == 0:
+        return 0
+    big = w[2 * w > capacity]
+    small = w[2 * w <= capacity]
+    big_prefix = np.concatenate(([0], np.cumsum(big)))
+    small_suffix = np.concatenate((np.cumsum(small[::-1])[::-1], [0]))
+    alphas = np.unique(np.concatenate(([0], small)))
+    j2_count = np.searchsorted(big, capacity - alphas, side="right")
+    j2_sum = big_prefix[j2_count]
+    j3_sum = small_suffix[np.searchsorted(small, alphas, side="left")]
+    spill = j3_sum - (j2_count * capacity - j2_sum)
+    extra = np.where(spill > 0, -(-spill // capacity), 0)
+    return int(big.shape[0] + int(extra.max()))
+
+
+def first_fit_decreasing(sizes: IntArray, capacity: int) -> int:
+    """Bins first-fit-decreasing uses: an upper bound on the optimum."""
+    free: list[int] = []
+    for size in sorted((int(s) for s in sizes if s > 0), reverse=True):
+        for i, room in enumerate(free):
+            if room >= size:
+                free[i] = room - size
+                break
+        else:
+            free.append(capacity - size)
+    return len(free)
+
+
+def exact_bins(sizes: IntArray, capacity: int, *, upper: int, time_limit: float) -> int | None:
+    """The optimal number of bins by MILP, or None if not proven within `time_limit` seconds."""
+    items = sorted((int(s) for s in sizes if s > 0), reverse=True)
+    n = len(items)
+    if n == 0:
+        return 0
+    scale = math.gcd(capacity, *items)
+    w = [s // scale for s in items]
+    cap = capacity // scale
+    bins = upper
+    # x[i, j] only for j <= i (item i goes in one of the first i+1 bins), then y[j].
+    index: dict[tuple[int, int], int] = {}
+    for i in range(n):
+        for j in range(min(i + 1, bins)):
+            index[(i, j)] = len(index)
+    nx = len(index)
+    y0 = nx
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
+    lower: list[float] = []
+    upper_b: list[float] = []
+    r = 0
+    for i in range(n):
+        for j in range(min(i + 1, bins)):
+            rows.append(r)
+            cols.append(index[(i, j)])
+            vals.append(1.0)
+        lower.append(1.0)
+        upper_b.append(1.0)
+        r += 1
+    for j in range(bins):
+        for i in range(j, n):
+            rows.append(r)
+            cols.append(index[(i, j)])
+            vals.append(float(w[i]))
+        rows.append(r)
+        cols.append(y0 + j)
+        vals.append(-float(cap))
+        lower.append(-math.inf)
+        upper_b.append(0.0)
+        r += 1
+    for j in range(bins - 1):
+        rows += [r, r]
+        cols += [y0 + j, y0 + j + 1]
+        vals += [1.0, -1.0]
+        lower.append(0.0)
+        upper_b.append(math.inf)
+        r += 1
+    matrix = sparse.csr_array((vals, (rows, cols)), shape=(r, nx + bins))
+    cost = np.concatenate((np.zeros(nx), np.ones(bins)))
+    result = milp(
+        cost,
+        constraints=LinearConstraint(matrix, lower, upper_b),
+        integrality=np.ones(nx + bins),
+        bounds=Bounds(0, 1),
+        options={"time_limit": max(time_limit, 0.1)},
+    )
+    if result.status != 0 or result.x is None:
+        return None
+    x = np.rint(result.x).astype(np.int64)
+    # Check the packing in integers: the solver's tolerances must not smuggle in an overfull bin.
+    loads = [0] * bins
+    for (i, j), k in index.items():
+        if x[k]:
+            loads[j] += w[i]
+    if any(load > cap for load in loads):
+        return None
+    return sum(1 for load in loads if load > 0)
+
+
+def _maximal_moments(submit: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Arrival times after which a pod leaves before the next arrival (or the last arrival)."""
+    arrivals = np.unique(submit)
+    ends = np.sort(end)
+    nxt = np.append(arrivals[1:], np.inf)
+    # A departure in (t, next arrival] makes the set at t maximal.
+    left = np.searchsorted(ends, arrivals, side="right")
+    right = np.searchsorted(ends, nxt, side="right")
+    return np.asarray(arrivals[right > left], dtype=np.float64)
+
+
+def _pool_bound(
+    name: str,
+    capacity: int,
+    submit: np.ndarray,
+    end: np.ndarray,
+    epc: IntArray,
+    exact: bool,
+    deadline: float,
+) -> tuple[PoolBound, bool]:
+    fits = epc <= capacity
+    excluded = int((~fits).sum())
+    submit, end, epc = submit[fits], end[fits], epc[fits]
+    if epc.shape[0] == 0 or capacity <= 0:
+        return PoolBound(name, capacity, 0, "milp" if exact else "l2", 0.0, excluded), exact
+    moments = _maximal_moments(submit, end)
+    order_s = np.argsort(submit, kind="stable")
+    s_sorted = submit[order_s]
+    s_cum = np.concatenate(([0], np.cumsum(epc[order_s])))
+    big_s = np.concatenate(([0], np.cumsum(2 * epc[order_s] > capacity)))
+    order_e = np.argsort(end, kind="stable")
+    e_sorted = end[order_e]
+    e_cum = np.concatenate(([0], np.cumsum(epc[order_e])))
+    big_e = np.concatenate(([0], np.cumsum(2 * epc[order_e] > capacity)))
+    arrived = np.searchsorted(s_sorted, moments, side="right")
+    left = np.searchsorted(e_sorted, moments, side="right")
+    total = s_cum[arrived] - e_cum[left]
+    bigs = big_s[arrived] - big_e[left]
+    if exact:
+        # Any-fit packing leaves at most one bin half empty, so OPT <= 2 * sum / capacity + 1,
+        # and never more bins than pods.
+        count = np.concatenate(([0], np.cumsum(np.ones_like(epc))))
+        pods = count[arrived] - count[left]
+        ceiling = np.minimum(pods, 2 * total // capacity + 1)
+    else:
+        # L2 <= (pods over half a bin) + ceil(sum / capacity).
+        ceiling = bigs + (-(-total // capacity))
+    order = np.argsort(-ceiling, kind="stable")
+    best, best_at = 0, 0.0
+    proven = exact
+    for k in order.tolist():
+        if int(ceiling[k]) <= best:
+            break
+        t = float(moments[k])
+        active = epc[(submit <= t) & (end > t)]
+        low = l2_bound(active, capacity)
+        value = low
+        if proven:
+            high = first_fit_decreasing(active, capacity)
+            if high > max(low, best):
+                budget = deadline - time.monotonic()
+                solved = None
+                if active.shape[0] <= EXACT_MAX_ITEMS and budget > 0:
+                    solved = exact_bins(active, capacity, upper=high, time_limit=budget)
+                if solved is None:
+                    proven = False
+                else:
+                    value = solved
+            else:
+                value = high if high > best else low
+        if value > best:
+            best, best_at = value, t
+    method = "milp" if proven else "l2"
+    return PoolBound(name, capacity, best, method, best_at, excluded), proven
+
+
+def lower_bound(scenario: Scenario, workload: Workload) -> LowerBound:
+    """The bound of the module docstring for `workload` on `scenario`'s pool templates."""
+    within = workload.submit <= scenario.horizon
+    submit = workload.submit[within]
+    end = submit + workload.duration[within]
+    epc = workload.epc[within]
+    enclaves = epc > 0
+    submit, end, epc = submit[enclaves], end[enclaves], epc[enclaves]
+    exact = _small(submit, end)
+    deadline = time.monotonic() + EXACT_BUDGET_S
+    per_pool: dict[str, PoolBound] = {}
+    for pool in scenario.pools:
+        allocatable = pool.template.epc_allocatable.get(scenario.epc_resource, 0)
+        capacity = allocatable - scenario.headroom.of(allocatable)
+        bound, _ = _pool_bound(pool.settings.name, capacity, submit, end, epc, exact, deadline)
+        per_pool[pool.settings.name] = bound
+    biggest = max(per_pool.values(), key=lambda b: (b.capacity, b.pool))
+    return LowerBound(biggest.peak_nodes, biggest.method, per_pool)
+
+
+def _small(submit: np.ndarray, end: np.ndarray) -> bool:
+    """Whether the exact solve is worth trying: no moment has more than EXACT_MAX_ITEMS pods."""
+    if submit.shape[0] == 0:
+        return True
+    times = np.concatenate((submit, end))
+    steps = np.concatenate((np.ones(submit.shape[0]), -np.ones(end.shape[0])))
+    # Departures before arrivals at equal times: a pod that ends at t is gone at t.
+    order = np.lexsort((steps, times))
+    return int(np.cumsum(steps[order]).max()) <= EXACT_MAX_ITEMS

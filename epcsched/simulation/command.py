@@ -1,0 +1,89 @@
+"""`epcsched simulate SCENARIO.yaml`: run a scenario's policies and write the report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from epcsched.cli import CommandError
+from epcsched.simulation.bound import lower_bound
+from epcsched.simulation.report import comparison_table, write_report
+from epcsched.simulation.scenario import POLICIES, Scenario, load_scenario
+from epcsched.simulation.sweep import plan_tasks, run_tasks
+from epcsched.simulation.workload import load_workload
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "simulate",
+        help="replay a workload through the policies offline and compare them",
+        description=(
+            "Run every policy of a scenario on a simulated clock, compute a lower bound on "
+            "nodes, and write results.json, summary.md and plots."
+        ),
+    )
+    parser.add_argument("scenario", type=Path, help="scenario YAML file")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output directory (default: results/ beside it)"
+    )
+    parser.add_argument(
+        "--policies", default=None, help=f"comma-separated subset of {', '.join(POLICIES)}"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="local processes for the runs (default 1)"
+    )
+    parser.add_argument(
+        "--dask", metavar="ADDRESS", default=None, help="run on this Dask scheduler instead"
+    )
+    parser.add_argument(
+        "--via-http",
+        metavar="URL",
+        default=None,
+        help="also send every placement to the extender at URL and check it decides the same",
+    )
+    parser.set_defaults(func=run)
+
+
+def _policies(scenario: Scenario, text: str | None) -> tuple[str, ...]:
+    if text is None:
+        return scenario.policies
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not names:
+        raise CommandError("--policies: give at least one policy")
+    for name in names:
+        if name not in POLICIES:
+            raise CommandError(
+                f"--policies: unknown policy {name!r} (known: {', '.join(POLICIES)})"
+            )
+        if name == "cluster-autoscaler" and scenario.autoscaler is None:
+            raise CommandError(
+                f"--policies: cluster-autoscaler needs autoscaling; {scenario.source} turns it off"
+            )
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.scenario)
+    policies = _policies(scenario, args.policies)
+    if args.workers < 1:
+        raise CommandError("--workers: must be at least 1")
+    if args.dask is not None and args.workers > 1:
+        raise CommandError("--workers and --dask: choose one")
+    out: Path = args.out if args.out is not None else args.scenario.parent / "results"
+    workload = load_workload(scenario.workload, scenario.seed)
+    if args.via_http is not None:
+        from epcsched.simulation.live import check_via_http
+
+        report = check_via_http(scenario, workload, policies, args.via_http)
+        print(report.describe())
+        if not report.ok:
+            return 1
+    tasks = plan_tasks(scenario, policies, workloads={scenario.seed: workload})
+    results = run_tasks(tasks, workers=args.workers, dask_address=args.dask)
+    bound = lower_bound(scenario, workload)
+    written = write_report(out, scenario, results, bound)
+    print(comparison_table(results, bound))
+    print(f"lower bound on peak nodes: {bound.peak_nodes} ({bound.method})")
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0

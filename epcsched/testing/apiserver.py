@@ -393,6 +393,8 @@ async def _watch(request: web.Request, target: Target) -> web.StreamResponse:
     timeout = _int_param(request, "timeoutSeconds")
     deadline = time.monotonic() + (settings.watch_timeout if timeout is None else timeout)
 
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
     # Subscribe before reading the current state: no write can fall between the two.
     sub = store.subscribe(resource)
     try:
@@ -407,8 +409,6 @@ async def _watch(request: web.Request, target: Target) -> web.StreamResponse:
                 changes = store.changes_since(resource, since)
             except ApiError as exc:
                 # kube-apiserver answers a too-old watch with 200 and an ERROR event.
-                response = web.StreamResponse(headers={"Content-Type": "application/json"})
-                response.enable_chunked_encoding()
                 await response.prepare(request)
                 await response.write(_event_line("ERROR", exc.status()))
                 await response.write_eof()
@@ -418,8 +418,6 @@ async def _watch(request: web.Request, target: Target) -> web.StreamResponse:
                 if line is not None:
                     initial.append(line)
             last = max(since, store.rv)
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        response.enable_chunked_encoding()
         await response.prepare(request)
         sent = 0
         limit = faults.drop_watch_after
@@ -446,18 +444,26 @@ async def _watch(request: web.Request, target: Target) -> web.StreamResponse:
             wait = deadline - now
             if bookmarks:
                 wait = min(wait, max(next_bookmark - now, 0.0))
-            try:
-                change: Change | None = await asyncio.wait_for(sub.queue.get(), timeout=wait)
-            except TimeoutError:
-                if bookmarks and time.monotonic() >= next_bookmark:
-                    bookmark = {
-                        "kind": resource.kind,
-                        "apiVersion": resource.api_version,
-                        "metadata": {"resourceVersion": str(last)},
-                    }
-                    await response.write(_event_line("BOOKMARK", bookmark))
-                    next_bookmark = time.monotonic() + settings.bookmark_interval
-                continue
+            change: Change | None
+            if not sub.queue.empty():
+                # Queued changes go first: waiting with a zero timeout would never get them.
+                change = sub.queue.get_nowait()
+            else:
+                try:
+                    change = await asyncio.wait_for(sub.queue.get(), timeout=wait)
+                except TimeoutError:
+                    if bookmarks and time.monotonic() >= next_bookmark and sub.queue.empty():
+                        # Nothing is queued for this watch: it has seen every change up to
+                        # now, including the versions other kinds' writes used up.
+                        last = max(last, store.rv)
+                        bookmark = {
+                            "kind": resource.kind,
+                            "apiVersion": resource.api_version,
+                            "metadata": {"resourceVersion": str(last)},
+                        }
+                        await response.write(_event_line("BOOKMARK", bookmark))
+                        next_bookmark = time.monotonic() + settings.bookmark_interval
+                    continue
             batch: list[Change | None] = [change]
             while not sub.queue.empty():
                 batch.append(sub.queue.get_nowait())
@@ -486,8 +492,9 @@ async def _watch(request: web.Request, target: Target) -> web.StreamResponse:
             last = max(last, store.rv)
         await response.write_eof()
         return response
-    except (ConnectionResetError, asyncio.CancelledError):
-        raise
+    except ConnectionResetError:
+        # The client went away (or a fault cut it): nothing is left to answer.
+        return response
     finally:
         store.unsubscribe(sub)
 

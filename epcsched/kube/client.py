@@ -1,0 +1,55 @@
+"""How epcsched reaches the Kubernetes API: a kubeconfig file, or the pod's service account.
+
+Loading the configuration is separate from opening a client: commands load (and validate) it
+before they start serving, so a bad kubeconfig is one clear error at startup, while the HTTP
+session itself is opened later on the event loop that uses it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.config.config_exception import ConfigException
+
+
+class KubeConfigError(ValueError):
+    """No usable API server configuration; the message says what is missing or wrong."""
+
+
+def in_cluster() -> bool:
+    """True when running in a pod, where the service account reaches the API."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+async def load_configuration(
+    kubeconfig: str | Path | None = None, *, context: str | None = None
+) -> client.Configuration:
+    """The client configuration from `kubeconfig`, or in-cluster when it is None."""
+    configuration = client.Configuration()
+    if kubeconfig is not None:
+        path = Path(kubeconfig)
+        if not path.is_file():
+            raise KubeConfigError(f"{path}: no such kubeconfig file")
+        try:
+            await config.load_kube_config(
+                config_file=str(path), context=context, client_configuration=configuration
+            )
+        except (ConfigException, ValueError, TypeError, KeyError, OSError) as exc:
+            raise KubeConfigError(f"{path}: not a usable kubeconfig: {exc}") from None
+        return configuration
+    if not in_cluster():
+        raise KubeConfigError(
+            "no kubeconfig given and not running in a pod (KUBERNETES_SERVICE_HOST is unset)"
+        )
+    try:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except ConfigException as exc:
+        raise KubeConfigError(f"in-cluster configuration: {exc}") from None
+    return configuration
+
+
+def describe(configuration: client.Configuration) -> str:
+    """The API server address, for logs and `/readyz`."""
+    return str(configuration.host)

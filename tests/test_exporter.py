@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from epcsched.cli import main
 from epcsched.exporter.command import serve
 from epcsched.exporter.sysfs import read_epc
 
@@ -177,6 +179,20 @@ def test_unreadable_driver_values_are_left_out(scrape: tuple[Path, str]) -> None
     }
 
 
+def test_probes_and_unknown_paths(scrape: tuple[Path, str]) -> None:
+    """The DaemonSet probes /healthz and /readyz; neither is a scrape, and typos are 404s."""
+    root, url = scrape
+    mainline_tree(root, [94 * MiB])
+    base = url.removesuffix("/metrics")
+    for path in ("/healthz", "/readyz"):
+        with urllib.request.urlopen(base + path, timeout=5) as response:
+            assert (response.status, response.read()) == (200, b"ok\n")
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(base + "/metricz", timeout=5)
+    assert missing.value.code == 404
+    assert fetch(base + "/") == fetch(url) == {node("epcsched_node_epc_capacity_bytes"): 94 * MiB}
+
+
 def test_numa_total_is_preferred_and_partial_numa_is_not_summed(tmp_path: Path) -> None:
     mainline_tree(tmp_path, [64 * MiB, 30 * MiB])
     patched_tree(tmp_path, total=100, free=50, evicted=0, loaded_back=0)
@@ -240,57 +256,54 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k != "NODE_NAME"}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "epcsched", "exporter", *args],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        env=full_env,
-    )
+def run_main(
+    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str]:
+    """`epcsched exporter ARGS` in this process: the exit code and what went to stderr."""
+    monkeypatch.delenv("NODE_NAME", raising=False)
+    try:
+        code = main(["exporter", *args])
+    except SystemExit as exc:  # argparse's own usage errors
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    return code, captured.err
 
 
 @pytest.mark.parametrize(
-    ("args", "env", "message"),
+    ("args", "message"),
     [
-        (["--sysfs-root", "/nonexistent/epc", "--node-name", "n"], {}, "is not a directory"),
-        (["--sysfs-root", "/"], {}, "NODE_NAME is not set"),
-        (["--sysfs-root", "/", "--node-name", "n", "--port", "70000"], {}, "--port"),
-        (["--sysfs-root", "/", "--port", "x", "--node-name", "n"], {}, "invalid int value"),
+        (["--sysfs-root", "/nonexistent/epc", "--node-name", "n"], "is not a directory"),
+        (["--sysfs-root", "/"], "NODE_NAME is not set"),
+        (["--sysfs-root", "/", "--node-name", "n", "--port", "70000"], "--port"),
+        (["--sysfs-root", "/", "--port", "x", "--node-name", "n"], "invalid int value"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
-    args: list[str], env: dict[str, str], message: str
+    args: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    result = run_cli(*args, env=env)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
-    assert result.stdout == ""
+    code, err = run_main(args, capsys, monkeypatch)
+    assert code == 2
+    assert message in err.splitlines()[-1]
+    assert "Traceback" not in err
 
 
-def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+def test_port_in_use_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run_cli(
-            "--sysfs-root",
-            str(tmp_path),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            env={"NODE_NAME": "n"},
-        )
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if "error" in line]
-    assert errors == [
+        args = ["--sysfs-root", str(tmp_path), "--host", "127.0.0.1", "--port", str(port)]
+        code, err = run_main([*args, "--node-name", "n"], capsys, monkeypatch)
+    assert code == 2
+    assert err.splitlines()[-1] == (
         f"epcsched exporter: error: cannot listen on 127.0.0.1:{port}: Address already in use"
-    ]
-    assert "Traceback" not in result.stderr
+    )
 
 
 def test_command_serves_node_name_from_env_and_stops_on_sigterm(tmp_path: Path) -> None:

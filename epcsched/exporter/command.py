@@ -11,13 +11,17 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import threading
+from collections.abc import Iterable
 from pathlib import Path
+from socketserver import ThreadingMixIn
 from types import FrameType
 from typing import Any
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from epcsched.cli import CommandError
 from epcsched.exporter.collector import EpcCollector
@@ -70,14 +74,54 @@ def node_name(flag: str | None) -> str:
     return name.strip()
 
 
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        # One line per scrape and probe on every node would drown the log.
+        return None
+
+
+def exporter_app(root: Path, registry: CollectorRegistry) -> WSGIApplication:
+    """/metrics (also /), and cheap probes that do not read the EPC files."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if path in ("/", "/metrics"):
+            scrape: Iterable[bytes] = metrics(environ, start_response)
+            return scrape
+        if path == "/healthz" or (path == "/readyz" and root.is_dir()):
+            status, body = "200 OK", b"ok\n"
+        elif path == "/readyz":
+            status, body = "503 Service Unavailable", f"{root} is not readable\n".encode()
+        else:
+            status, body = "404 Not Found", b"not found: try /metrics\n"
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+        return [body]
+
+    return app
+
+
 def serve(root: Path, node: str, *, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
-    """Start serving /metrics in a background thread; the caller shuts the server down."""
+    """Start serving in a background thread; the caller shuts the server down."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(EpcCollector(root, node))
     try:
-        return start_http_server(port, addr=host, registry=registry)
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        server_class = type("_ExporterServer", (_Server,), {"address_family": family})
+        server: WSGIServer = make_server(
+            host, port, exporter_app(root, registry), server_class, handler_class=_QuietHandler
+        )
     except OSError as exc:
         raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+    )
+    thread.start()
+    return server, thread
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,7 +24,8 @@ from epcsched.core.fit import PodRequest
 from epcsched.core.plan import PlanInput, PoolState, plan
 from epcsched.core.snapshot import ClusterSnapshot, IntArray
 from epcsched.model import NodeInfo, PodInfo
-from epcsched.simulation.baselines import PolicySpec, place, policy_spec
+from epcsched.simulation.baselines import PolicySpec, policy_spec
+from epcsched.simulation.placer import Placer
 from epcsched.simulation.scenario import Scenario
 from epcsched.simulation.workload import Workload
 
@@ -125,6 +126,7 @@ class Simulation:
         self.snapshot = snapshot or ClusterSnapshot(
             scenario.epc_resources, headroom=scenario.headroom, capacity=128
         )
+        self.placer = Placer(self.snapshot)
         n = len(workload)
         self.horizon = scenario.horizon
         self.now = 0.0
@@ -270,7 +272,7 @@ class Simulation:
 
     def _decide(self, pod: int) -> str | None:
         request = self._request(pod)
-        node = place(self.snapshot, request, self.spec)
+        node = self.placer.choose(request, self.spec)
         if self.observer is not None:
             self.observer(self.snapshot, self._pod(pod, None), request, node)
         return node

@@ -48,33 +48,40 @@ class FitMasks:
 
 def fit_masks(snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray) -> FitMasks:
     """Vectorised fit of `request` at each slot (-1 marks a name that is not a known node)."""
-    unknown = slots < 0
     n = slots.shape[0]
     if not request.wants_epc:
-        ok = ~unknown
+        unknown = slots < 0
         empty = np.zeros(n, dtype=np.bool_)
-        return FitMasks(ok, empty, empty.copy(), unknown)
-    safe = np.where(unknown, 0, slots)
-    unresolvable = np.zeros(n, dtype=np.bool_)
-    short = np.zeros(n, dtype=np.bool_)
+        return FitMasks(~unknown, empty, empty.copy(), unknown)
+    ok = np.ones(n, dtype=np.bool_)
+    for name, need in request.epc.items():
+        if name not in snapshot.epc:
+            ok[:] = False
+            break
+        ok &= snapshot.fit_view(name)[slots] >= need
+    if ok.all():
+        empty = np.zeros(n, dtype=np.bool_)
+        return FitMasks(ok, empty, empty.copy(), empty.copy())
+    # Only the rejected candidates need sorting into why; usually they are few.
+    bad = np.flatnonzero(~ok)
+    bad_slots = slots[bad]
+    unknown_bad = bad_slots < 0
+    safe = np.where(unknown_bad, 0, bad_slots)
+    hard = np.zeros(bad.shape[0], dtype=np.bool_)
     for name, need in request.epc.items():
         column = snapshot.epc.get(name)
         if column is None:
-            unresolvable[:] = True
+            hard[:] = True
             continue
-        has = column.has[safe]
         usable = column.allocatable[safe] - column.headroom[safe]
-        unresolvable |= ~has | (usable < need)
-        short |= snapshot.free(name, safe) < need
-    if snapshot.pressure:
-        names = snapshot.slot_names
-        pressured = np.fromiter(
-            (names[s] in snapshot.pressure for s in safe.tolist()), dtype=np.bool_, count=n
-        )
-        short |= pressured
-    unresolvable &= ~unknown
-    failed = short & ~unresolvable & ~unknown
-    ok = ~(unresolvable | failed | unknown)
+        hard |= ~column.has[safe] | (usable < need)
+    hard &= ~unknown_bad
+    unknown = np.zeros(n, dtype=np.bool_)
+    unresolvable = np.zeros(n, dtype=np.bool_)
+    failed = np.zeros(n, dtype=np.bool_)
+    unknown[bad] = unknown_bad
+    unresolvable[bad] = hard
+    failed[bad] = ~hard & ~unknown_bad
     return FitMasks(ok, failed, unresolvable, unknown)
 
 

@@ -32,10 +32,11 @@ def epc_fraction_after(
     """Share of each node's EPC in use once the pod is placed, averaged over requested names."""
     total = np.zeros(slots.shape[0], dtype=np.float64)
     for name, need in request.epc.items():
-        column = snapshot.epc[name]
-        allocatable = column.allocatable[slots]
-        used = allocatable - snapshot.free(name, slots) + need
-        total += _fraction(used, allocatable)
+        used, allocatable = snapshot.used_and_allocatable(name)
+        share = np.zeros(slots.shape[0], dtype=np.float64)
+        denominator = allocatable[slots]
+        np.divide(used[slots] + need, denominator, out=share, where=denominator > 0)
+        total += share
     return total / max(len(request.epc), 1)
 
 
@@ -84,8 +85,8 @@ def score(
 ) -> IntArray:
     """Integer scores 0..10 for each slot (-1 for unknown names scores 0)."""
     masks = fit_masks(snapshot, request, slots)
-    safe = np.where(masks.unknown, 0, slots)
     if not request.wants_epc:
+        safe = np.where(masks.unknown, 0, slots)
         if not prefer_non_sgx:
             return normalise(np.zeros(slots.shape[0]), masks.ok)
         # Keep scarce SGX nodes for enclaves: a plain pod prefers nodes without EPC.
@@ -93,4 +94,5 @@ def score(
         for column in snapshot.epc.values():
             has_epc |= column.has[safe] & (column.allocatable[safe] > 0)
         return normalise((~has_epc).astype(np.float64), masks.ok)
-    return normalise(raw_scores(snapshot, request, safe, strategy), masks.ok)
+    # Slot -1 reads the arrays' spare last element; such candidates are never eligible anyway.
+    return normalise(raw_scores(snapshot, request, slots, strategy), masks.ok)

@@ -21,8 +21,13 @@ from epcsched.model import NodeInfo, PodInfo
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
+FloatArray = npt.NDArray[np.float64]
 
 ACCOUNTING_MODES = ("requests", "usage", "max")
+
+#: Free EPC recorded for a slot that can take no EPC pod at all (no such resource, no node,
+#: EPC pressure); far below any real request, so one comparison rejects it.
+NO_FIT = -(2**62)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +85,7 @@ class ClusterSnapshot:
             raise ValueError(f"accounting must be one of {ACCOUNTING_MODES}, got {accounting!r}")
         self.epc_resources: dict[str, int] = dict(epc_resources)
         self.headroom = headroom or Headroom()
-        self.accounting = accounting
+        self._accounting = accounting
         self._size = max(capacity, 1)
         self.slot_names: list[str | None] = [None] * self._size
         self.slots: dict[str, int] = {}
@@ -105,6 +110,22 @@ class ClusterSnapshot:
         """How many nodes advertise each EPC resource name."""
         self.generation = 0
         """Bumped whenever the set of nodes changes: caches of name-to-slot lookups key on it."""
+        self.version = 0
+        """Bumped on every change that can alter a decision: derived arrays key on it."""
+        self._views: dict[str, tuple[int, IntArray]] = {}
+        self._fractions: dict[str, tuple[int, FloatArray, FloatArray]] = {}
+
+    @property
+    def accounting(self) -> str:
+        """How free EPC is counted: `requests`, measured `usage`, or the stricter `max`."""
+        return self._accounting
+
+    @accounting.setter
+    def accounting(self, mode: str) -> None:
+        if mode not in ACCOUNTING_MODES:
+            raise ValueError(f"accounting must be one of {ACCOUNTING_MODES}, got {mode!r}")
+        self._accounting = mode
+        self.version += 1
 
     # ----- nodes -------------------------------------------------------------------------
     def _grow(self) -> None:
@@ -132,6 +153,7 @@ class ClusterSnapshot:
         self._size = size
 
     def upsert_node(self, info: NodeInfo) -> None:
+        self.version += 1
         slot = self.slots.get(info.name)
         if slot is None:
             if not self._free_slots:
@@ -172,6 +194,7 @@ class ClusterSnapshot:
         slot = self.slots.pop(name, None)
         if slot is None:
             return
+        self.version += 1
         self._set_capacity(slot, self.infos[slot], sign=-1)
         for key in [k for k, r in self.reservations.items() if r.node == name]:
             del self.reservations[key]
@@ -215,6 +238,7 @@ class ClusterSnapshot:
         slot = self.slots.get(node)
         if slot is None:
             return
+        self.version += 1
         for name, amount in pod.epc.items():
             column = self.epc.get(name)
             if column is not None:
@@ -267,6 +291,7 @@ class ClusterSnapshot:
             raise KeyError(node)
         for name, amount in epc.items():
             self.epc[name].reserved[slot] += amount
+        self.version += 1
         self.reservations[key] = Reservation(node, dict(epc), expires_at)
 
     def release(self, key: str) -> None:
@@ -278,6 +303,7 @@ class ClusterSnapshot:
             return
         for name, amount in held.epc.items():
             self.epc[name].reserved[slot] -= amount
+        self.version += 1
 
     def expire_reservations(self, now: float) -> list[str]:
         expired = [k for k, r in self.reservations.items() if r.expires_at <= now]
@@ -289,15 +315,18 @@ class ClusterSnapshot:
         slot = self.slots.get(node)
         if slot is not None:
             self.usage[slot] = -1 if used is None else used
+            self.version += 1
 
     def clear_usage(self) -> None:
         self.usage[:] = -1
+        self.version += 1
 
     def set_pressure(self, node: str, reason: str | None) -> None:
         if reason is None:
             self.pressure.pop(node, None)
         else:
             self.pressure[node] = reason
+        self.version += 1
 
     # ----- derived figures ---------------------------------------------------------------
     def free(self, name: str, slots: IntArray) -> IntArray:
@@ -317,6 +346,44 @@ class ClusterSnapshot:
         if self.accounting == "usage":
             return np.where(known, measured, by_requests)
         return np.where(known, np.minimum(by_requests, measured), by_requests)
+
+    def fit_view(self, name: str) -> IntArray:
+        """Free EPC of `name` for every slot, `NO_FIT` where no EPC pod may go, plus one slot.
+
+        The extra last element is always `NO_FIT`, so indexing with -1 (a name that is not a
+        known node) rejects it without a separate check. Rebuilt only when `version` moves, so
+        a filter costs one gather and one comparison however many pods the cluster runs.
+        """
+        cached = self._views.get(name)
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        size = self._size
+        view = np.full(size + 1, NO_FIT, dtype=np.int64)
+        every = np.arange(size, dtype=np.int64)
+        view[:size] = np.where(self.epc[name].has, self.free(name, every), NO_FIT)
+        for node in self.pressure:
+            slot = self.slots.get(node)
+            if slot is not None:
+                view[slot] = NO_FIT
+        self._views[name] = (self.version, view)
+        return view
+
+    def used_and_allocatable(self, name: str) -> tuple[FloatArray, FloatArray]:
+        """EPC counted as used (allocatable minus free) and allocatable, as floats, per slot.
+
+        Both are whole numbers below 2**53, so they convert to floats exactly and a fraction
+        computed from them is the correctly rounded quotient: equal shares compare equal.
+        Only meaningful where `fit_view` admits EPC pods; cached like `fit_view`.
+        """
+        cached = self._fractions.get(name)
+        if cached is not None and cached[0] == self.version:
+            return cached[1], cached[2]
+        view = self.fit_view(name)
+        allocatable = np.zeros(self._size + 1, dtype=np.float64)
+        allocatable[: self._size] = self.epc[name].allocatable
+        used = np.where(view == NO_FIT, 0.0, allocatable - view.astype(np.float64))
+        self._fractions[name] = (self.version, used, allocatable)
+        return used, allocatable
 
     def epc_names_advertised(self) -> list[str]:
         return [name for name, count in self.advertisers.items() if count > 0]

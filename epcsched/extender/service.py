@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from epcsched.core.fit import FitMasks, PodRequest, fit_masks, reasons
-from epcsched.core.score import MAX_SCORE, score
+from epcsched.core.score import score
 from epcsched.core.snapshot import ClusterSnapshot, IntArray
 from epcsched.extender import wire
 from epcsched.objects import ObjectError, pod_info
@@ -33,22 +33,50 @@ _NAMES_CACHE_SIZE = 8
 class _NameList:
     """A decoded `NodeNames` list and what is derived from it."""
 
+    raw: bytes
     names: list[str]
     encoded: ObjectArray
     """Each name as a JSON string literal, ready to join."""
     generation: int = -1
     slots: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    score_table: ObjectArray | None = None
-    """`score_table[i, s]` is the encoded `{"Host": names[i], "Score": s}`."""
+    score_template: _ScoreTemplate | None = None
 
 
-def _score_table(encoded: list[bytes]) -> ObjectArray:
-    table = np.empty((len(encoded), MAX_SCORE + 1), dtype=object)
-    for i, name in enumerate(encoded):
-        prefix = b'{"Host":' + name + b',"Score":'
-        for s in range(MAX_SCORE + 1):
-            table[i, s] = prefix + str(s).encode() + b"}"
-    return table
+@dataclass(frozen=True, slots=True)
+class _ScoreTemplate:
+    """The whole prioritize reply for a name list, with two bytes left for each score.
+
+    Every entry is `{"Host":"<name>","Score":NN}` where NN is ` 0`..`10` (a space is valid
+    JSON whitespace), so entries have a fixed length whatever the scores; a reply is the
+    template with the score digits written in by index.
+    """
+
+    buffer: npt.NDArray[np.uint8]
+    offsets: IntArray
+
+    @classmethod
+    def of(cls, encoded_names: list[bytes]) -> _ScoreTemplate:
+        pieces = [b"["]
+        offsets = []
+        position = 1
+        for i, name in enumerate(encoded_names):
+            head = (b"," if i else b"") + b'{"Host":' + name + b',"Score":'
+            offsets.append(position + len(head))
+            pieces.append(head + b" 0}")
+            position += len(head) + 3
+        pieces.append(b"]")
+        buffer = np.frombuffer(b"".join(pieces), dtype=np.uint8).copy()
+        return cls(buffer, np.array(offsets, dtype=np.int64))
+
+    def render(self, scores: IntArray) -> bytes:
+        out = self.buffer.copy()
+        out[self.offsets] = _TENS[scores]
+        out[self.offsets + 1] = _ONES[scores]
+        return out.tobytes()
+
+
+_TENS = np.frombuffer(b"          1", dtype=np.uint8)
+_ONES = np.frombuffer(b"01234567890", dtype=np.uint8)
 
 
 class ExtenderService:
@@ -65,7 +93,9 @@ class ExtenderService:
         self.strategy = strategy
         self.prefer_non_sgx = prefer_non_sgx
         self._pods: OrderedDict[bytes, PodRequest] = OrderedDict()
-        self._names: OrderedDict[bytes, _NameList] = OrderedDict()
+        # Most recent first. Looked up by length, then compared byte for byte: that is a memcmp,
+        # far cheaper than hashing a list of thousands of names on every request.
+        self._names: list[_NameList] = []
 
     # ----- decoding with caches ----------------------------------------------------------
     def pod_request(self, raw: bytes, snapshot: ClusterSnapshot) -> PodRequest:
@@ -85,39 +115,58 @@ class ExtenderService:
         return request
 
     def _name_list(self, raw: bytes, snapshot: ClusterSnapshot) -> _NameList:
-        entry = self._names.get(raw)
+        entry = None
+        for i, candidate in enumerate(self._names):
+            if len(candidate.raw) == len(raw) and candidate.raw == raw:
+                entry = candidate
+                if i:
+                    self._names.insert(0, self._names.pop(i))
+                break
         if entry is None:
             names = wire.decode_node_names(raw)
             encoded = np.empty(len(names), dtype=object)
             encoded[:] = [wire.encode_name(n) for n in names]
-            entry = _NameList(names=names, encoded=encoded)
-            self._names[raw] = entry
-            if len(self._names) > _NAMES_CACHE_SIZE:
-                self._names.popitem(last=False)
-        else:
-            self._names.move_to_end(raw)
+            entry = _NameList(raw=raw, names=names, encoded=encoded)
+            self._names.insert(0, entry)
+            del self._names[_NAMES_CACHE_SIZE:]
         if entry.generation != snapshot.generation:
             entry.slots = snapshot.slots_of(entry.names)
             entry.generation = snapshot.generation
         return entry
 
+    def _args(
+        self, body: bytes, snapshot: ClusterSnapshot
+    ) -> tuple[wire.ExtenderArgs, _NameList | None]:
+        args = wire.split_args(body)
+        if args.node_names_raw is None or args.nodes_raw is not None:
+            return args, None
+        try:
+            return args, self._name_list(args.node_names_raw, snapshot)
+        except wire.BadRequest:
+            if not args.names_from_tail:
+                raise
+        # The tail slice was not the whole NodeNames value after all; read the body in full.
+        args = wire.split_args(body, fast=False)
+        if args.node_names_raw is None or args.nodes_raw is not None:
+            return args, None
+        return args, self._name_list(args.node_names_raw, snapshot)
+
     # ----- verbs -------------------------------------------------------------------------
     def filter(self, body: bytes) -> bytes:
-        args = wire.split_args(body)
         snapshot = self._snapshot()
+        args, entry = self._args(body, snapshot)
         request = self.pod_request(args.pod_raw, snapshot)
-        if args.nodes_raw is not None:
+        if entry is None:
+            assert args.nodes_raw is not None
             names, raws = wire.decode_nodes(args.nodes_raw)
             slots = snapshot.slots_of(names)
             masks = fit_masks(snapshot, request, slots)
             failed, unresolvable = self._failures(snapshot, request, names, slots, masks)
             passing = [raws[i] for i in np.flatnonzero(masks.ok).tolist()]
             return wire.filter_reply_nodes(passing, failed, unresolvable)
-        assert args.node_names_raw is not None
-        entry = self._name_list(args.node_names_raw, snapshot)
         masks = fit_masks(snapshot, request, entry.slots)
         if masks.ok.all():
-            return wire.filter_reply_names(args.node_names_raw, {}, {})
+            return wire.filter_reply_names(entry.raw, {}, {})
         failed, unresolvable = self._failures(snapshot, request, entry.names, entry.slots, masks)
         names_json = b"[" + b",".join(entry.encoded[masks.ok].tolist()) + b"]"
         return wire.filter_reply_names(names_json, failed, unresolvable)
@@ -142,10 +191,11 @@ class ExtenderService:
         return failed, unresolvable
 
     def prioritize(self, body: bytes) -> bytes:
-        args = wire.split_args(body)
         snapshot = self._snapshot()
+        args, entry = self._args(body, snapshot)
         request = self.pod_request(args.pod_raw, snapshot)
-        if args.nodes_raw is not None:
+        if entry is None:
+            assert args.nodes_raw is not None
             names, _ = wire.decode_nodes(args.nodes_raw)
             slots = snapshot.slots_of(names)
             scores = score(
@@ -154,12 +204,9 @@ class ExtenderService:
             return wire.encode(
                 [{"Host": n, "Score": s} for n, s in zip(names, scores.tolist(), strict=True)]
             )
-        assert args.node_names_raw is not None
-        entry = self._name_list(args.node_names_raw, snapshot)
         scores = score(
             snapshot, request, entry.slots, self.strategy, prefer_non_sgx=self.prefer_non_sgx
         )
-        if entry.score_table is None:
-            entry.score_table = _score_table(entry.encoded.tolist())
-        picked = entry.score_table[np.arange(len(entry.names)), scores]
-        return b"[" + b",".join(picked.tolist()) + b"]"
+        if entry.score_template is None:
+            entry.score_template = _ScoreTemplate.of(entry.encoded.tolist())
+        return entry.score_template.render(scores)

@@ -61,33 +61,98 @@ class ExtenderArgs:
     """The raw `NodeNames` JSON array (cache mode), or None."""
     nodes_raw: bytes | None
     """The raw `Nodes` NodeList (full-nodes mode), or None."""
+    names_from_tail: bool = False
+    """`node_names_raw` was sliced off the body's end unchecked; see `split_args`."""
 
 
-def split_args(body: bytes) -> ExtenderArgs:
-    """Split a request body into its parts, reading keys case-insensitively as Go does."""
+_WHITESPACE = b" \t\r\n"
+_NODE_NAMES_KEY = b'"NodeNames"'
+
+
+def _skip(body: bytes, i: int, step: int) -> int:
+    while 0 <= i < len(body) and body[i] in _WHITESPACE:
+        i += step
+    return i
+
+
+def _split_trailing_names(body: bytes) -> tuple[bytes, bytes] | None:
+    """`(rest_of_object, names_array)` when `NodeNames` is the last key and holds an array.
+
+    kube-scheduler writes `Pod`, `Nodes`, `NodeNames` in that order, so the large list ends the
+    body. Slicing it off avoids scanning tens of kilobytes of names on every request. Any body
+    this does not recognise takes the general path, which decodes everything.
+    """
+    key = body.rfind(_NODE_NAMES_KEY)
+    if key < 1:
+        return None
+    end = _skip(body, len(body) - 1, -1)
+    if end < 0 or body[end] != 0x7D:  # }
+        return None
+    end = _skip(body, end - 1, -1)
+    if end < 0 or body[end] != 0x5D:  # ]
+        return None
+    i = _skip(body, key + len(_NODE_NAMES_KEY), 1)
+    if i >= len(body) or body[i] != 0x3A:  # :
+        return None
+    start = _skip(body, i + 1, 1)
+    if start >= len(body) or body[start] != 0x5B:  # [
+        return None
+    before = _skip(body, key - 1, -1)
+    # A structural key follows `{` or `,`; inside a string its quote would be escaped.
+    if before < 0 or body[before] not in b"{,":
+        return None
+    rest = body[:before] + b"}" if body[before] == 0x2C else b"{}"
+    return rest, body[start : end + 1]
+
+
+def _parts(body: bytes) -> dict[str, bytes]:
     try:
         top = _top_decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"request body must be a JSON object: {_one_line(exc)}") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"malformed JSON: {_one_line(exc)}") from None
+    # Go's encoding/json matches keys case-insensitively and the last duplicate wins.
     parts: dict[str, bytes] = {}
     for key, raw in top.items():
         lowered = key.lower()
-        canonical = _CANONICAL.get(lowered)
-        # An exact match wins over a case-insensitive one, as in Go's encoding/json.
-        if canonical is not None and (key == canonical or lowered not in parts):
+        if lowered in _CANONICAL:
             parts[lowered] = bytes(raw)
+    return parts
+
+
+def split_args(body: bytes, *, fast: bool = True) -> ExtenderArgs:
+    """Split a request body into its parts, reading keys case-insensitively as Go does.
+
+    With `fast`, a trailing `NodeNames` array is sliced off without being parsed; whoever
+    decodes it and finds it is not an array of strings must call again with `fast=False`.
+    """
+    trailing = _split_trailing_names(body) if fast else None
+    if trailing is not None:
+        rest, names = trailing
+        try:
+            parts = _parts(rest)
+        except BadRequest:
+            parts = _parts(body)
+        else:
+            parts["nodenames"] = names
+    else:
+        parts = _parts(body)
     pod_raw = parts.get("pod")
     if pod_raw is None or pod_raw == NULL:
         raise BadRequest("missing Pod: the request must carry the pod being scheduled")
-    names = parts.get("nodenames")
-    nodes = parts.get("nodes")
-    names = None if names is None or names == NULL else names
-    nodes = None if nodes is None or nodes == NULL else nodes
-    if names is None and nodes is None:
+    names_raw = parts.get("nodenames")
+    nodes_raw = parts.get("nodes")
+    names_raw = None if names_raw is None or names_raw == NULL else names_raw
+    nodes_raw = None if nodes_raw is None or nodes_raw == NULL else nodes_raw
+    if names_raw is None and nodes_raw is None:
         raise BadRequest("the request has neither NodeNames nor Nodes")
-    return ExtenderArgs(pod_raw=pod_raw, node_names_raw=names, nodes_raw=nodes)
+    return ExtenderArgs(
+        pod_raw=pod_raw,
+        node_names_raw=names_raw,
+        nodes_raw=nodes_raw,
+        names_from_tail=trailing is not None,
+    )
 
 
 def decode_pod(raw: bytes) -> Pod:

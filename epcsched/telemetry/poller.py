@@ -138,22 +138,25 @@ class Telemetry:
         """Query Prometheus once and apply the result (or the fallback) to the snapshot."""
         now = self._clock()
         try:
-            results = await asyncio.to_thread(self._query_all, now)
+            readings = await asyncio.to_thread(self._read, now)
         except TelemetryError as exc:
             self._degrade(str(exc), outcome="error")
             return
-        readings = evaluate(
-            results,
-            label=self.settings.node_label,
-            now=now,
-            stale_after=self.settings.stale_after,
-            pressure=self.pressure,
-        )
         if readings.problem is not None:
             self._readings = readings
             self._degrade(readings.problem, outcome="stale")
             return
         self._apply(readings, now)
+
+    def _read(self, now: float) -> Readings:
+        """Query and evaluate in the worker thread: only applying is left for the event loop."""
+        return evaluate(
+            self._query_all(now),
+            label=self.settings.node_label,
+            now=now,
+            stale_after=self.settings.stale_after,
+            pressure=self.pressure,
+        )
 
     def _query_all(self, now: float) -> QueryResults:
         s = self.settings

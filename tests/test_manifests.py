@@ -299,6 +299,25 @@ def test_images_are_tagged_and_epcsched_is_one_image(build: list[Obj]) -> None:
     assert len(epcsched_images) == 1, epcsched_images
 
 
+def test_readme_overlay_builds_and_maps_the_image(tmp_path: Path) -> None:
+    """The overlay manifests/README.md tells operators to write works as written."""
+    readme = (MANIFESTS / "README.md").read_text()
+    block = re.search(r"`my-cluster/kustomization.yaml`.*?```yaml\n(.*?)```", readme, re.S)
+    assert block, "README shows a my-cluster/kustomization.yaml"
+    (tmp_path / "epcsched").symlink_to(ROOT, target_is_directory=True)
+    overlay = tmp_path / "my-cluster"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(block[1])
+    shutil.copy(MANIFESTS / "base" / "config" / "epcsched.yaml", overlay / "epcsched.yaml")
+    objs = kustomize(overlay)
+    images = {c["image"] for w in workloads(objs) for c in all_containers(pod_spec(w))}
+    declared = yaml.safe_load(block[1])["images"]
+    mapped = next(i for i in declared if i["name"] == "epcsched")
+    assert f"{mapped['newName']}:{mapped['newTag']}" in images
+    assert not [i for i in images if i.split(":")[0] in ("epcsched", "docker.io/library/epcsched")]
+    assert {o["kind"] for o in objs} >= MONITORING_KINDS
+
+
 # ---- kube-scheduler and the extender -------------------------------------------------------
 
 

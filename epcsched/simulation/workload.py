@@ -140,6 +140,9 @@ def parse_distribution(data: object, where: str) -> Distribution:
     if not isinstance(data, dict):
         raise _fail(where, "must be a number or a map such as {lognormal: {median, sigma}}")
     kinds = set(data) - {"weights"}
+    unknown = kinds - {"fixed", "choice", "lognormal", "uniform", "pareto"}
+    if unknown:
+        raise _fail(f"{where}.{sorted(unknown)[0]}", "unknown key")
     if len(kinds) != 1:
         raise _fail(where, "needs exactly one of fixed, choice, lognormal, uniform, pareto")
     kind = kinds.pop()

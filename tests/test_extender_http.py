@@ -290,3 +290,24 @@ async def test_health_readiness_and_metrics(client: TestClient[Any, Any]) -> Non
     requested = ("epcsched_node_epc_requested_bytes", (("node", "sgx-f"), epc))
     assert samples[allocatable] == 94 * 2**20
     assert samples[requested] == 6 * 2**30
+
+
+async def test_full_mode_reads_nodes_the_cache_has_not_seen(
+    aiohttp_client: MakeClient,
+) -> None:
+    # The cache knows pods bound to new-1 but not the node itself (its watch event is late).
+    snap = snapshot_of(node("sgx-b", "32Gi"), pod("big", "15Gi", node_name="new-1"))
+    client = await aiohttp_client(create_app(Config(), SnapshotState(snap)))
+    items = [node("new-1", "16Gi"), node("new-2", "16Gi"), node("sgx-b", "32Gi")]
+    body = {"Pod": pod("p", "2Gi"), "Nodes": {"metadata": {}, "items": items}, "NodeNames": None}
+    status, reply = await post(client, "/filter", body)
+    assert status == 200
+    assert reply["Nodes"]["items"] == items[1:]
+    assert reply["FailedNodes"] == {
+        "new-1": "insufficient sgx.intel.com/epc: requested 2Gi, free 1Gi of 16Gi"
+    }
+    status, scores = await post(client, "/prioritize", body)
+    assert {e["Host"]: e["Score"] for e in scores} == {"new-1": 0, "new-2": 10, "sgx-b": 0}
+    body["Nodes"]["items"][1] = node("new-2", "lots")
+    status, reply = await post(client, "/filter", body)
+    assert status == 400 and "Nodes: items[1]" in reply["Error"]

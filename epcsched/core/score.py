@@ -75,6 +75,29 @@ def normalise(raw: FloatArray, eligible: npt.NDArray[np.bool_]) -> IntArray:
     return scores
 
 
+def raw_and_eligible(
+    snapshot: ClusterSnapshot,
+    request: PodRequest,
+    slots: IntArray,
+    strategy: str,
+    *,
+    prefer_non_sgx: bool = True,
+) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """Raw scores of each slot and which slots may be scored at all (they fit)."""
+    masks = fit_masks(snapshot, request, slots)
+    if not request.wants_epc:
+        if not prefer_non_sgx:
+            return np.zeros(slots.shape[0]), masks.ok
+        # Keep scarce SGX nodes for enclaves: a plain pod prefers nodes without EPC.
+        safe = np.where(masks.unknown, 0, slots)
+        has_epc = np.zeros(slots.shape[0], dtype=np.bool_)
+        for column in snapshot.epc.values():
+            has_epc |= column.has[safe] & (column.allocatable[safe] > 0)
+        return (~has_epc).astype(np.float64), masks.ok
+    # Slot -1 reads the arrays' spare last element; such candidates are never eligible anyway.
+    return raw_scores(snapshot, request, slots, strategy), masks.ok
+
+
 def score(
     snapshot: ClusterSnapshot,
     request: PodRequest,
@@ -84,15 +107,7 @@ def score(
     prefer_non_sgx: bool = True,
 ) -> IntArray:
     """Integer scores 0..10 for each slot (-1 for unknown names scores 0)."""
-    masks = fit_masks(snapshot, request, slots)
-    if not request.wants_epc:
-        safe = np.where(masks.unknown, 0, slots)
-        if not prefer_non_sgx:
-            return normalise(np.zeros(slots.shape[0]), masks.ok)
-        # Keep scarce SGX nodes for enclaves: a plain pod prefers nodes without EPC.
-        has_epc = np.zeros(slots.shape[0], dtype=np.bool_)
-        for column in snapshot.epc.values():
-            has_epc |= column.has[safe] & (column.allocatable[safe] > 0)
-        return normalise((~has_epc).astype(np.float64), masks.ok)
-    # Slot -1 reads the arrays' spare last element; such candidates are never eligible anyway.
-    return normalise(raw_scores(snapshot, request, slots, strategy), masks.ok)
+    raw, eligible = raw_and_eligible(
+        snapshot, request, slots, strategy, prefer_non_sgx=prefer_non_sgx
+    )
+    return normalise(raw, eligible)

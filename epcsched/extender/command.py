@@ -24,6 +24,18 @@ def register(sub: Any) -> None:
         metavar="FILE",
         help="cluster state from `kubectl get nodes,pods -A -o json` (JSON or YAML); repeatable",
     )
+    parser.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="watch nodes and pods through the API server in this kubeconfig (default when "
+        "running in a pod without --snapshot: the pod's service account)",
+    )
+    parser.add_argument(
+        "--bind",
+        action="store_true",
+        default=None,
+        help="serve /bind with EPC reservations (extender.bind; needs --kubeconfig or a pod)",
+    )
     parser.add_argument("--config", metavar="FILE", help="epcsched YAML configuration")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8888)")
@@ -48,6 +60,8 @@ def settings_from(args: argparse.Namespace) -> Config:
         config.extender.port = args.port
     if args.strategy is not None:
         config.extender.strategy = args.strategy
+    if args.bind:
+        config.extender.bind = True
     url = args.prometheus_url
     if url is not None:
         if not url.startswith(("http://", "https://")):
@@ -63,8 +77,20 @@ def run(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     config = settings_from(args)
+    from epcsched.kube.client import in_cluster
+
+    if args.snapshot and args.kubeconfig:
+        raise CommandError("--snapshot and --kubeconfig: give one source of cluster state")
+    if not args.snapshot and (args.kubeconfig or in_cluster()):
+        state, binder = cluster_state(config, args.kubeconfig)
+        serve(config, state, binder=binder)
+        return 0
     if not args.snapshot:
-        raise CommandError("--snapshot: give at least one cluster snapshot file")
+        raise CommandError(
+            "--snapshot or --kubeconfig: give a cluster snapshot file or an API server"
+        )
+    if config.extender.bind:
+        raise CommandError("extender.bind: binding needs an API server (--kubeconfig), not files")
     from epcsched.kube.snapshot import load_snapshot
     from epcsched.state import SnapshotState
 
@@ -74,13 +100,39 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve(config: Config, state: Any) -> None:
+def cluster_state(config: Config, kubeconfig: str | None) -> tuple[Any, Any]:
+    """Informer-fed state (and the binder, when `extender.bind` is on) for an API server."""
+    from epcsched.extender.bind import Binder
+    from epcsched.kube.client import KubeConfigError, load_configuration
+    from epcsched.kube.informer import InformerState
+
+    try:
+        configuration = asyncio.run(load_configuration(kubeconfig))
+    except KubeConfigError as exc:
+        raise CommandError(f"--kubeconfig: {exc}") from None
+    state = InformerState(configuration, config)
+    binder = None
+    if config.extender.bind:
+        binder = Binder(configuration, state, ttl=config.extender.reservation_ttl)
+    logging.getLogger("epcsched.extender").info(
+        "serving from the API server at %s%s",
+        configuration.host,
+        " with /bind" if binder else "",
+    )
+    return state, binder
+
+
+def serve(config: Config, state: Any, *, binder: Any = None) -> None:
     """Run the app until interrupted, on uvloop when it is installed."""
     from aiohttp import web
 
     from epcsched.extender.app import create_app
 
     app = create_app(config, state)
+    if binder is not None:
+        from epcsched.extender.bind import install
+
+        install(app, binder, prefix=config.extender.prefix)
     log = logging.getLogger("epcsched.extender")
     log.info(
         "extender listening on %s:%d (strategy %s)",

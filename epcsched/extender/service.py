@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from epcsched.core.fit import FitMasks, PodRequest, fit_masks, reasons
-from epcsched.core.score import score
+from epcsched.core.score import normalise, raw_and_eligible, score
 from epcsched.core.snapshot import ClusterSnapshot, IntArray
 from epcsched.extender import wire
 from epcsched.objects import ObjectError, pod_info
@@ -77,6 +77,21 @@ class _ScoreTemplate:
 
 _TENS = np.frombuffer(b"          1", dtype=np.uint8)
 _ONES = np.frombuffer(b"01234567890", dtype=np.uint8)
+
+
+@dataclass(frozen=True, slots=True)
+class _FullNodes:
+    """A full-nodes request's Node list, resolved against the cache."""
+
+    names: list[str]
+    raws: list[bytes]
+    slots: IntArray
+    """Cache slot of each node, -1 where the cache does not know it."""
+    missing: IntArray
+    """Positions of the nodes the cache does not know."""
+    scratch: ClusterSnapshot | None
+    """Those nodes, from the request's own objects, with the cache's pods bound to them."""
+    scratch_slots: IntArray | None
 
 
 class ExtenderService:
@@ -151,6 +166,76 @@ class ExtenderService:
             return args, None
         return args, self._name_list(args.node_names_raw, snapshot)
 
+    # ----- full-nodes mode ---------------------------------------------------------------
+    def _full_nodes(self, snapshot: ClusterSnapshot, raw: bytes) -> _FullNodes:
+        """The request's Nodes, each resolved to the cache or, if the cache has not seen it
+        yet, to a scratch snapshot built from the request's own Node object and the pods the
+        cache has bound to that name."""
+        names, raws = wire.decode_nodes(raw)
+        slots = snapshot.slots_of(names)
+        missing = np.flatnonzero(slots < 0)
+        if missing.size == 0:
+            return _FullNodes(names, raws, slots, missing, None, None)
+        scratch = ClusterSnapshot(
+            snapshot.epc_resources, headroom=snapshot.headroom, accounting="requests"
+        )
+        for i in missing.tolist():
+            info = wire.decode_node(raws[i], i, snapshot.epc_resources)
+            if info.name not in scratch.slots:
+                scratch.upsert_node(info)
+                for pod in snapshot.pods_on(info.name):
+                    scratch.upsert_pod(pod)
+        # Reasons such as "no node in the cluster advertises X" must count the whole cluster.
+        for name, count in snapshot.advertisers.items():
+            scratch.advertisers[name] += count
+        scratch_slots = scratch.slots_of([names[i] for i in missing.tolist()])
+        return _FullNodes(names, raws, slots, missing, scratch, scratch_slots)
+
+    def _filter_full(self, snapshot: ClusterSnapshot, request: PodRequest, raw: bytes) -> bytes:
+        nodes = self._full_nodes(snapshot, raw)
+        masks = fit_masks(snapshot, request, nodes.slots)
+        ok = masks.ok.copy()
+        known = np.flatnonzero(nodes.slots >= 0)
+        failed, unresolvable = self._failures(
+            snapshot, request, nodes.names, nodes.slots, masks, among=known
+        )
+        if nodes.scratch is not None and nodes.scratch_slots is not None:
+            scratch_masks = fit_masks(nodes.scratch, request, nodes.scratch_slots)
+            ok[nodes.missing] = scratch_masks.ok
+            more_failed, more_unresolvable = self._failures(
+                nodes.scratch,
+                request,
+                [nodes.names[i] for i in nodes.missing.tolist()],
+                nodes.scratch_slots,
+                scratch_masks,
+            )
+            failed.update(more_failed)
+            unresolvable.update(more_unresolvable)
+        passing = [nodes.raws[i] for i in np.flatnonzero(ok).tolist()]
+        return wire.filter_reply_nodes(passing, failed, unresolvable)
+
+    def _prioritize_full(
+        self, snapshot: ClusterSnapshot, request: PodRequest, raw_nodes: bytes
+    ) -> bytes:
+        nodes = self._full_nodes(snapshot, raw_nodes)
+        raw, eligible = raw_and_eligible(
+            snapshot, request, nodes.slots, self.strategy, prefer_non_sgx=self.prefer_non_sgx
+        )
+        if nodes.scratch is not None and nodes.scratch_slots is not None:
+            more_raw, more_eligible = raw_and_eligible(
+                nodes.scratch,
+                request,
+                nodes.scratch_slots,
+                self.strategy,
+                prefer_non_sgx=self.prefer_non_sgx,
+            )
+            raw[nodes.missing] = more_raw
+            eligible[nodes.missing] = more_eligible
+        scores = normalise(raw, eligible).tolist()
+        return wire.encode(
+            [{"Host": n, "Score": s} for n, s in zip(nodes.names, scores, strict=True)]
+        )
+
     # ----- verbs -------------------------------------------------------------------------
     def filter(self, body: bytes) -> bytes:
         snapshot = self._snapshot()
@@ -158,12 +243,7 @@ class ExtenderService:
         request = self.pod_request(args.pod_raw, snapshot)
         if entry is None:
             assert args.nodes_raw is not None
-            names, raws = wire.decode_nodes(args.nodes_raw)
-            slots = snapshot.slots_of(names)
-            masks = fit_masks(snapshot, request, slots)
-            failed, unresolvable = self._failures(snapshot, request, names, slots, masks)
-            passing = [raws[i] for i in np.flatnonzero(masks.ok).tolist()]
-            return wire.filter_reply_nodes(passing, failed, unresolvable)
+            return self._filter_full(snapshot, request, args.nodes_raw)
         masks = fit_masks(snapshot, request, entry.slots)
         if masks.ok.all():
             return wire.filter_reply_names(entry.raw, {}, {})
@@ -178,10 +258,15 @@ class ExtenderService:
         names: list[str],
         slots: IntArray,
         masks: FitMasks,
+        *,
+        among: IntArray | None = None,
     ) -> tuple[dict[str, str], dict[str, str]]:
+        """Reasons for the candidates that failed (only those in `among`, when given)."""
         failed: dict[str, str] = {}
         unresolvable: dict[str, str] = {}
         bad = np.flatnonzero(~masks.ok)
+        if among is not None:
+            bad = np.intersect1d(bad, among)
         if bad.size == 0:
             return failed, unresolvable
         texts = reasons(snapshot, request, slots[bad])
@@ -196,14 +281,7 @@ class ExtenderService:
         request = self.pod_request(args.pod_raw, snapshot)
         if entry is None:
             assert args.nodes_raw is not None
-            names, _ = wire.decode_nodes(args.nodes_raw)
-            slots = snapshot.slots_of(names)
-            scores = score(
-                snapshot, request, slots, self.strategy, prefer_non_sgx=self.prefer_non_sgx
-            )
-            return wire.encode(
-                [{"Host": n, "Score": s} for n, s in zip(names, scores.tolist(), strict=True)]
-            )
+            return self._prioritize_full(snapshot, request, args.nodes_raw)
         scores = score(
             snapshot, request, entry.slots, self.strategy, prefer_non_sgx=self.prefer_non_sgx
         )

@@ -9,11 +9,13 @@ reply can return them unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import msgspec
 
-from epcsched.objects import Pod
+from epcsched.model import NodeInfo
+from epcsched.objects import Node, ObjectError, Pod, node_info
 
 
 class BadRequest(ValueError):
@@ -185,6 +187,17 @@ def decode_nodes(raw: bytes) -> tuple[list[str], list[bytes]]:
             raise BadRequest(f"Nodes: items[{i}] has no metadata.name")
         names.append(name)
     return names, [bytes(r) for r in raws]
+
+
+_node_decoder = msgspec.json.Decoder(Node)
+
+
+def decode_node(raw: bytes, index: int, epc_resources: Mapping[str, int]) -> NodeInfo:
+    """One Node object of a full-nodes request, for a node the cache has not seen."""
+    try:
+        return node_info(_node_decoder.decode(raw), epc_resources)
+    except (msgspec.ValidationError, msgspec.DecodeError, ObjectError) as exc:
+        raise BadRequest(f"Nodes: items[{index}]: {_one_line(exc)}") from None
 
 
 @dataclass(frozen=True, slots=True)

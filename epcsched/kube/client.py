@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import yaml
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.config.config_exception import ConfigException
 
@@ -36,7 +37,7 @@ async def load_configuration(
             await config.load_kube_config(
                 config_file=str(path), context=context, client_configuration=configuration
             )
-        except (ConfigException, ValueError, TypeError, KeyError, OSError) as exc:
+        except (ConfigException, ValueError, TypeError, KeyError, OSError, yaml.YAMLError) as exc:
             raise KubeConfigError(f"{path}: not a usable kubeconfig: {exc}") from None
         return configuration
     if not in_cluster():

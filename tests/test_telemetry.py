@@ -33,6 +33,7 @@ from epcsched.extender.app import create_app
 from epcsched.model import NodeInfo, PodInfo
 from epcsched.state import SnapshotState
 from epcsched.telemetry import Telemetry
+from epcsched.telemetry.readings import QueryResults, evaluate
 from tests.prometheus_fixtures import PrometheusServer, backfill
 
 MiB = 2**20
@@ -180,6 +181,19 @@ async def test_history_gives_usage_pressure_and_falls_back_when_old(
     }
     assert registry.get_sample_value("epcsched_telemetry_pressure_nodes") == 2
 
+    # The accounting modes read the same usage differently once requests exceed real use.
+    snapshot.upsert_pod(PodInfo("ns", "big", node_name="n2", phase="Running", epc={EPC: 92 * MiB}))
+    expected = {
+        "max": [54 * MiB, 2 * MiB, 64 * MiB, 94 * MiB],
+        "usage": [54 * MiB, 4 * MiB, 64 * MiB, 94 * MiB],
+        "requests": [74 * MiB, 2 * MiB, 64 * MiB, 94 * MiB],
+    }
+    for mode, free in expected.items():
+        snapshot.accounting = mode
+        assert snapshot.free(EPC, slots).tolist() == free, mode
+    snapshot.accounting = "max"
+    snapshot.remove_pod("ns/big")
+
     # 45 s on, the newest sample is older than staleAfter: everything falls back at once.
     clock.now = T0 + 45
     await telemetry.poll()
@@ -298,6 +312,36 @@ async def test_hung_prometheus_fails_the_poll_within_the_timeout() -> None:
         assert time.monotonic() - started < 3
     assert telemetry.detail()["error"] == f"Prometheus at {url} did not answer within 0.5s"
     assert usage(snapshot) == {"n1": -1}
+
+
+def test_evaluate_skips_unusable_series() -> None:
+    """NaN, series without the node label and odd values never become made-up figures."""
+
+    def sample(value: str, **labels: str) -> dict[str, Any]:
+        return {"metric": labels, "value": [T0, value]}
+
+    results = QueryResults(
+        used=[
+            sample("NaN", node="a"),
+            sample("5"),
+            sample("-4096", node="b"),
+            sample("100", node="c", numa="0"),
+            sample("50", node="c", numa="1"),
+        ],
+        # Without a freshness query only Prometheus' own lookback limits the age.
+        freshness=None,
+    )
+    readings = evaluate(results, label="node", now=T0, stale_after=10, pressure=PressureSettings())
+    assert readings.problem is None
+    assert readings.usage == {"c": 150}
+    empty = evaluate(
+        QueryResults(used=[], freshness=[]),
+        label="node",
+        now=T0,
+        stale_after=10,
+        pressure=PressureSettings(),
+    )
+    assert empty.problem == "no EPC samples in Prometheus for the configured queries"
 
 
 def test_prometheus_settings_are_validated() -> None:

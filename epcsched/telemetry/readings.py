@@ -127,8 +127,8 @@ def evaluate(
     usage: dict[str, int] = {}
     reasons: dict[str, str] = {}
     for node in sorted(nodes - skip):
-        # capacity - free can dip below zero when two sources disagree for a moment.
-        in_use = max(round(used[node]), 0) if node in used else None
+        # capacity - free below zero means the sources disagree: unknown, not zero.
+        in_use = round(used[node]) if node in used and used[node] >= 0 else None
         if in_use is not None:
             usage[node] = in_use
         reason = pressure_reason(

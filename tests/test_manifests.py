@@ -686,6 +686,21 @@ def test_exporter_runs_on_sgx_nodes_only(base: list[Obj]) -> None:
     assert set(DEFAULT_EPC_RESOURCES) <= tolerated
 
 
+def test_control_pods_prefer_nodes_without_sgx(base: list[Obj]) -> None:
+    for program in ("extender", "autoscaler"):
+        workload, _ = the_program(base, program)
+        preferred = pod_spec(workload)["affinity"]["nodeAffinity"][
+            "preferredDuringSchedulingIgnoredDuringExecution"
+        ]
+        avoided = [
+            set(e["values"])
+            for p in preferred
+            for e in p["preference"]["matchExpressions"]
+            if e["key"] == "node.kubernetes.io/instance-type" and e["operator"] == "NotIn"
+        ]
+        assert avoided == [set(sku_table())], program
+
+
 # ---- pod security, probes, resources -------------------------------------------------------
 
 

@@ -342,6 +342,15 @@ def test_evaluate_skips_unusable_series() -> None:
         pressure=PressureSettings(),
     )
     assert empty.problem == "no EPC samples in Prometheus for the configured queries"
+    untimed = evaluate(
+        QueryResults(used=[sample("7", node="c")], freshness=[]),
+        label="node",
+        now=T0,
+        stale_after=10,
+        pressure=PressureSettings(),
+    )
+    assert untimed.usage == {}
+    assert str(untimed.problem).startswith("the freshness query gave no sample times")
 
 
 def test_prometheus_settings_are_validated() -> None:

@@ -114,12 +114,17 @@ def evaluate(
         stale = sorted(n for n in nodes if now - newest.get(n, -math.inf) > stale_after)
         if not nodes:
             return Readings(problem="no EPC samples in Prometheus for the configured queries")
+        if not newest:
+            return Readings(
+                problem="the freshness query gave no sample times: set prometheus.freshnessQuery "
+                "for your metrics, or to an empty string to skip the check"
+            )
         if len(stale) == len(nodes):
-            age = now - max(newest.values(), default=-math.inf)
-            what = f"{age:.0f}s old" if math.isfinite(age) else "of unknown age"
+            age = now - max(newest.values())
             return Readings(
                 stale_nodes=tuple(stale),
-                problem=f"newest EPC sample is {what}, older than staleAfter {stale_after:g}s",
+                problem=f"newest EPC sample is {age:.0f}s old, older than staleAfter "
+                f"{stale_after:g}s",
             )
     elif not nodes:
         return Readings(problem="no EPC samples in Prometheus for the configured queries")

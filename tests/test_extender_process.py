@@ -1,0 +1,111 @@
+"""`epcsched extender` as a real process on a loopback port answers kube-scheduler's bodies.
+
+Starts the installed command on a YAML snapshot (split over two files, as `--snapshot` allows),
+waits for /readyz, replays the bodies a real kube-scheduler 1.35 sent, and checks the process
+survives bad input and exits cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import LEGACY, cluster, node, pod
+
+FIXTURES = Path(__file__).parent / "fixtures" / "kube-scheduler-1.35"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def call(port: int, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.fixture
+def extender(tmp_path: Path) -> Iterator[int]:
+    nodes = cluster(
+        node("sgx-a", "94Mi"),
+        node("sgx-b", "32Gi"),
+        node("sgx-c", "16384", resource=LEGACY),
+        node("sgx-e", "16Gi"),
+        node("sgx-f", "8Gi"),
+    )
+    pods = cluster(pod("a1", "72Mi", node_name="sgx-a"), pod("f1", "6Gi", node_name="sgx-f"))
+    (tmp_path / "nodes.yaml").write_text(yaml.safe_dump(nodes))
+    (tmp_path / "pods.yaml").write_text(yaml.safe_dump(pods))
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "epcsched",
+            "extender",
+            "--snapshot",
+            str(tmp_path / "nodes.yaml"),
+            "--snapshot",
+            str(tmp_path / "pods.yaml"),
+            "--port",
+            str(port),
+            "--strategy",
+            "binpack",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if call(port, "/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else b""
+            assert time.monotonic() < deadline, "extender did not become ready"
+            time.sleep(0.1)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) in (0, -signal.SIGTERM)
+        output = proc.stdout.read().decode() if proc.stdout else ""
+        assert "Traceback" not in output
+
+
+def test_replays_real_kube_scheduler_bodies(extender: int) -> None:
+    status, reply = call(extender, "/filter", (FIXTURES / "filter-nodecache.json").read_bytes())
+    assert status == 200
+    assert json.loads(reply)["NodeNames"] == ["sgx-e", "sgx-f", "sgx-b"]
+    status, reply = call(
+        extender, "/prioritize", (FIXTURES / "prioritize-fullnodes.json").read_bytes()
+    )
+    assert status == 200
+    scores = {e["Host"]: e["Score"] for e in json.loads(reply)}
+    assert scores["sgx-f"] == 10 and scores["sgx-b"] == 0
+    status, reply = call(extender, "/filter", b"{]")
+    assert status == 400 and b"malformed JSON" in reply
+    status, _ = call(extender, "/filter", (FIXTURES / "filter-fullnodes.json").read_bytes())
+    assert status == 200
+    status, metrics = call(extender, "/metrics")
+    assert (
+        status == 200 and b'epcsched_extender_requests_total{code="400",verb="filter"}' in metrics
+    )

@@ -963,6 +963,14 @@ def test_dockerfile_builds_a_non_root_epcsched_image() -> None:
     assert {8888, 9877} <= exposed
     runs = " ".join(a for stage in all_stages for word, a in stage if word == "RUN")
     assert re.search(r"pip install (\S+ )*\.(\s|$)", runs), "installs the package with pip"
+    # The venv built in an earlier stage is copied whole to the same path, and its bin/ is on
+    # PATH, which is how the exec-form ENTRYPOINT finds `epcsched`.
+    venv = re.search(r"python3? -m venv (\S+)", runs)
+    assert venv, "the build stage makes a venv"
+    copies = [a.split() for word, a in final if word == "COPY" and a.startswith("--from=")]
+    assert any(c[-2:] == [venv[1], venv[1]] for c in copies), copies
+    env = " ".join(a for word, a in final if word == "ENV")
+    assert re.search(rf"PATH={re.escape(venv[1])}/bin:", env), env
 
 
 def test_dockerfile_context_survives_dockerignore() -> None:

@@ -426,16 +426,16 @@ async def test_live_exporter_then_prometheus_stops_and_comes_back(
         assert snapshot.pressure == {}
         assert np.all(snapshot.usage[[slot]] == -1)
         assert registry.get_sample_value("epcsched_telemetry_stale") == 1
+        await asyncio.sleep(10 * interval)
+        assert registry.get_sample_value("epcsched_telemetry_polls_total", {"result": "error"}) >= 5
         detail = telemetry.detail()
         assert detail["stale"] is True
         assert detail["error"] == f"cannot reach Prometheus at {prometheus.url}: Connection refused"
         assert isinstance(detail["lastSuccessAgeSeconds"], float)
-        await asyncio.sleep(10 * interval)
-        assert registry.get_sample_value("epcsched_telemetry_polls_total", {"result": "error"}) >= 5
-        assert warnings(caplog)[before:] == [
-            "EPC telemetry degraded, placing by requests alone: "
-            f"cannot reach Prometheus at {prometheus.url}: Connection refused"
-        ]
+        # One line for the whole outage (its first words may be from Prometheus shutting down).
+        new_warnings = warnings(caplog)[before:]
+        assert len(new_warnings) == 1
+        assert new_warnings[0].startswith("EPC telemetry degraded, placing by requests alone: ")
         fresh_lines = len(infos(caplog))
 
         prometheus.start()

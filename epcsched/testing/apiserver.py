@@ -697,7 +697,17 @@ async def _discovery(request: web.Request) -> web.Response:
     parts = [p for p in request.path.split("/") if p]
     if parts == ["version"]:
         return _json(
-            {"major": "1", "minor": "35", "gitVersion": "v1.35.0-epcsched-fake", "platform": ""}
+            {
+                "major": "1",
+                "minor": "35",
+                "gitVersion": "v1.35.0-epcsched-fake",
+                "gitCommit": "0000000000000000000000000000000000000000",
+                "gitTreeState": "clean",
+                "buildDate": "2026-01-01T00:00:00Z",
+                "goVersion": "go1.25",
+                "compiler": "gc",
+                "platform": "linux/amd64",
+            }
         )
     if parts == ["api"]:
         return _json({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
@@ -833,7 +843,9 @@ def create_app(
     app[SETTINGS] = settings or ServerSettings()
     app[PAGES] = _Pages()
     for path in ("/version", "/api", "/api/v1", "/apis", "/apis/{group}/{version}"):
+        # Clients ask for discovery documents with and without a trailing slash.
         app.router.add_get(path, _discovery)
+        app.router.add_get(path + "/", _discovery)
     for path in ("/healthz", "/readyz", "/livez"):
         app.router.add_get(path, _health)
     app.router.add_post("/_fake/{action}", _fault_endpoint)

@@ -508,7 +508,9 @@ def _drain(fork: ClusterSnapshot, node: str, policy: PlanPolicy) -> bool:
     fork.remove_node(node)
     moved: list[PodInfo] = []
     for pod in sorted(pods, key=lambda p: (-p.epc_total, -p.cpu_milli, p.key)):
-        request = _view(pod, policy)
+        # Whether a pod can move is the scheduler's verdict on its full request, even for
+        # cluster-autoscaler, which runs the scheduler's filters in its drain simulation.
+        request = PodRequest.of(pod)
         target = choose_node(fork, request, policy.strategy)
         if target is None:
             for back in moved:

@@ -123,9 +123,12 @@ class Simulation:
         self.record = record_placements
         self.observer = observer
         self.resource = scenario.epc_resource
-        self.snapshot = snapshot or ClusterSnapshot(
-            scenario.epc_resources, headroom=scenario.headroom, capacity=128
-        )
+        if snapshot is None:
+            snapshot = ClusterSnapshot(
+                scenario.epc_resources, headroom=scenario.headroom, capacity=128
+            )
+        self.snapshot = snapshot
+        """The cluster the run places pods on; a caller may pass one to watch it live."""
         self.placer = Placer(self.snapshot)
         n = len(workload)
         self.horizon = scenario.horizon

@@ -18,8 +18,8 @@ WORKDIR /src
 # installed here; add build-essential to this stage only if a platform lacks a wheel.
 COPY pyproject.toml README.md ./
 COPY epcsched ./epcsched
-RUN /opt/epcsched/bin/pip install --upgrade pip \
-    && /opt/epcsched/bin/pip install . \
+# `epcsched --help` imports every subcommand: a missing dependency fails the build, not the pod.
+RUN /opt/epcsched/bin/pip install . \
     && /opt/epcsched/bin/epcsched --help >/dev/null
 
 FROM ${PYTHON_IMAGE}
@@ -28,14 +28,17 @@ RUN groupadd --system --gid 65532 epcsched \
     && useradd --system --uid 65532 --gid 65532 --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin epcsched
 COPY --from=build /opt/epcsched /opt/epcsched
-# The root filesystem is read-only in the manifests: no bytecode writes, and matplotlib (used only
-# by the simulator's plots) gets a writable cache under /tmp, which the pods mount as an emptyDir.
+# The root filesystem is read-only in the manifests: no bytecode writes, and matplotlib (loaded
+# with the simulator's command) keeps its cache under /tmp, which the pods mount as an emptyDir.
 ENV PATH=/opt/epcsched/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     MPLCONFIGDIR=/tmp/matplotlib
 USER 65532:65532
 WORKDIR /tmp
+# The program is PID 1, for which the kernel ignores a SIGTERM it does not handle: the extender
+# (aiohttp's run_app) and the exporter handle it; a program that did not would be killed only at
+# the end of the pod's grace period.
 # 8888: extender (filter/prioritize/bind, /healthz, /readyz, /metrics); 9877: node exporter.
 EXPOSE 8888 9877
 ENTRYPOINT ["epcsched"]

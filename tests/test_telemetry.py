@@ -36,6 +36,8 @@ from epcsched.telemetry import Telemetry
 from epcsched.telemetry.readings import QueryResults, evaluate
 from tests.prometheus_fixtures import PrometheusServer, backfill
 
+pytestmark = pytest.mark.timeout(60)
+
 MiB = 2**20
 EPC = "sgx.intel.com/epc"
 NODES = ("n1", "n2", "n3", "n4")

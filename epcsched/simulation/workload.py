@@ -193,7 +193,10 @@ def parse_workload(data: object, *, base: Path, where: str) -> WorkloadSpec:
     if "trace" in data:
         if not isinstance(data["trace"], str) or not data["trace"]:
             raise _fail(f"{where}.trace", "must be a file name")
-        return TraceSpec(base / data["trace"])
+        path = base / data["trace"]
+        if not path.is_file():
+            raise _fail(f"{where}.trace", f"no such file: {path}")
+        return TraceSpec(path)
     syn = data["synthetic"]
     where = f"{where}.synthetic"
     if not isinstance(syn, dict):

@@ -1,0 +1,111 @@
+"""The lower bound on nodes: L2 <= exact MILP optimum <= first-fit-decreasing on any instance; the
+bound is solved exactly on small workloads and falls back to L2 (saying so) on large ones; with
+several pools it is reported per pool and the overall figure uses the biggest template; and no
+EPC-respecting run in which no pod waited ever has fewer nodes at its peak than the bound."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from epcsched.simulation.bound import (
+    exact_bins,
+    first_fit_decreasing,
+    l2_bound,
+    lower_bound,
+)
+from epcsched.simulation.engine import simulate
+from epcsched.simulation.scenario import parse_scenario
+from tests.simulation_helpers import pool, synthetic, trace_scenario
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 100), min_size=1, max_size=14))
+def test_l2_never_exceeds_the_optimum(sizes: list[int]) -> None:
+    items = np.asarray(sizes, dtype=np.int64)
+    upper = first_fit_decreasing(items, 100)
+    best = exact_bins(items, 100, upper=upper, time_limit=10)
+    assert best is not None
+    assert max(-(-sum(sizes) // 100), 0) <= l2_bound(items, 100) <= best <= upper
+
+
+def test_l2_beats_the_volume_bound() -> None:
+    # Three items just over half a bin: volume says 2 bins, but no two share a bin.
+    items = np.asarray([51, 51, 51], dtype=np.int64)
+    assert -(-int(items.sum()) // 100) == 2
+    assert l2_bound(items, 100) == 3
+    # Big items (over half) leave room only for what fits beside them: 60+45 does not fit.
+    mixed = np.asarray([60, 60, 45, 45], dtype=np.int64)
+    assert l2_bound(mixed, 100) == 3
+    assert exact_bins(mixed, 100, upper=first_fit_decreasing(mixed, 100), time_limit=10) == 3
+
+
+def test_bound_is_the_peak_over_time(tmp_path: Path) -> None:
+    # 8 GiB nodes. At t=10 three 5 GiB pods run together (three nodes); later only two.
+    jobs = [
+        (0, 100, 5120, 100, 256),
+        (5, 100, 5120, 100, 256),
+        (10, 100, 5120, 100, 256),
+        (200, 100, 5120, 100, 256),
+        (210, 100, 5120, 100, 256),
+    ]
+    scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=3)])
+    bound = lower_bound(scenario, workload)
+    assert (bound.peak_nodes, bound.method) == (3, "milp")
+    assert bound.per_pool["p"].at_s == 10
+
+
+def test_large_workloads_use_the_l2_bound() -> None:
+    scenario, workload = synthetic(seed=2, count=3000, rate=120, pools=[pool(size=10)])
+    bound = lower_bound(scenario, workload)
+    assert bound.method == "l2"
+    assert bound.peak_nodes > 0
+
+
+def test_several_pools_are_reported_per_pool(tmp_path: Path) -> None:
+    jobs = [(0, 100, 3072, 100, 256) for _ in range(4)]
+    scenario, workload = trace_scenario(
+        tmp_path, jobs, pools=[pool("small", epc="4Gi"), pool("big", epc="16Gi")]
+    )
+    bound = lower_bound(scenario, workload)
+    assert bound.per_pool["small"].peak_nodes == 4
+    assert bound.per_pool["big"].peak_nodes == 1
+    assert bound.peak_nodes == 1
+    assert set(bound.to_json()["perPool"]) == {"small", "big"}  # type: ignore[arg-type]
+
+
+def test_pods_too_big_for_a_template_are_left_out_of_its_bound(tmp_path: Path) -> None:
+    jobs = [(0, 100, 6144, 100, 256), (0, 100, 1024, 100, 256)]
+    scenario, workload = trace_scenario(
+        tmp_path, jobs, pools=[pool("small", epc="4Gi"), pool("big", epc="8Gi")]
+    )
+    bound = lower_bound(scenario, workload)
+    assert bound.per_pool["small"].pods_excluded == 1
+    assert bound.per_pool["big"].peak_nodes == 1
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 1000), policy=st.sampled_from(["binpack", "spread", "kube-default"]))
+def test_the_bound_never_exceeds_a_run_in_which_no_pod_waited(seed: int, policy: str) -> None:
+    base, workload = synthetic(seed=seed, count=60, rate=6, epc_mib=[1024, 2048, 3072, 5120])
+    bound = lower_bound(base, workload)
+    no_wait_sizes = []
+    for size in range(1, 2 * bound.peak_nodes + 3):
+        data = {
+            "name": "sized",
+            "seed": seed,
+            "horizon": "2h",
+            "nodePools": [pool(size=size, max_size=size + 1)],
+            "workload": {"trace": "unused.csv"},
+        }
+        scenario = parse_scenario(data, base=Path("."))
+        run = simulate(scenario, workload, policy)
+        if run.metrics["podsWaited"] == 0:
+            no_wait_sizes.append(size)
+            assert run.metrics["peakNodes"] >= bound.peak_nodes
+    # With enough nodes nobody waits, so the check above is not vacuous.
+    assert no_wait_sizes
+    assert min(no_wait_sizes) >= bound.peak_nodes

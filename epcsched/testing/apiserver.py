@@ -818,8 +818,11 @@ async def _fault_stats(request: web.Request) -> web.Response:
 async def _no_tracebacks(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # aiohttp's own 404/405 become Status bodies, as every API error is.
+        return _error(ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}"))
     except ApiError as exc:
         return _error(exc)
     except (ConnectionResetError, asyncio.CancelledError):

@@ -73,9 +73,12 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out if args.out is not None else args.scenario.parent / "results"
     workload = load_workload(scenario.workload, scenario.seed)
     if args.via_http is not None:
-        from epcsched.simulation.live import check_via_http
+        from epcsched.simulation.live import LiveCheckError, check_via_http
 
-        report = check_via_http(scenario, workload, policies, args.via_http)
+        try:
+            report = check_via_http(scenario, workload, policies, args.via_http)
+        except LiveCheckError as exc:
+            raise CommandError(str(exc)) from None
         print(report.describe())
         if not report.ok:
             return 1

@@ -208,10 +208,15 @@ class Reflector:
                     self.status.phase = "listing"
                     self.status.resource_version = await self._list()
                     need_list = False
-                    backoff.reset()
+                # The backoff resets only once a watch delivers: a server that answers every
+                # watch with 410 must not be hit by a full list in a tight loop.
                 self.status.phase = "watching"
+                started = time.monotonic()
                 if await self._watch():
                     backoff.reset()
+                elif time.monotonic() - started < 1.0:
+                    # A watch that ends at once with nothing in it is a misbehaving server.
+                    await self._sleep(backoff.next(), None)
             except Gone as exc:
                 # The history no longer reaches our version: only a fresh list is consistent.
                 self.status.relists_after_gone += 1
@@ -242,9 +247,10 @@ class Reflector:
         self.status.last_error = f"{type(exc).__name__}: {exc}"
         self.status.last_error_at = time.time()
 
-    async def _sleep(self, delay: float, exc: Exception) -> None:
+    async def _sleep(self, delay: float, exc: Exception | None) -> None:
         self.status.phase = "backoff"
-        log.info("%s: %s; retrying in %.2fs", self.name, self.status.last_error, delay)
+        why = self.status.last_error if exc is not None else "watch ended empty"
+        log.info("%s: %s; retrying in %.2fs", self.name, why, delay)
         await asyncio.sleep(delay)
 
     async def _list(self) -> str:
@@ -452,6 +458,8 @@ class InformerState:
         self.skipped[what] = why
 
     def ready(self) -> bool:
+        # Ready stays true through later watch failures: a stale cache (reported in detail())
+        # serves kube-scheduler better than an extender that fails every scheduling attempt.
         return bool(
             self.nodes and self.pods and self.nodes.status.synced and self.pods.status.synced
         )

@@ -391,7 +391,8 @@ async def _watch(request: web.Request, target: Target) -> web.StreamResponse:
     since = _rv_param(request)
     bookmarks = _bool_param(request, "allowWatchBookmarks")
     timeout = _int_param(request, "timeoutSeconds")
-    deadline = time.monotonic() + (settings.watch_timeout if timeout is None else timeout)
+    # As in kube-apiserver, 0 means the server's own limit, not an immediate end.
+    deadline = time.monotonic() + (timeout or settings.watch_timeout)
 
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     response.enable_chunked_encoding()

@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 from kubernetes_asyncio import client
 
+from epcsched.kube.client import KubeConfigError, load_configuration
 from epcsched.testing.apiserver import FakeApiServer
 from epcsched.testing.store import BY_KIND
 from tests.kube_helpers import configuration, node, pod
@@ -176,4 +177,37 @@ def test_cluster_flags_fail_with_one_clear_line(
     )
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_in_cluster_configuration_uses_the_service_account(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    (tmp_path / "token").write_text("service-account-token")
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    conf = await load_configuration(service_account=tmp_path)
+    assert conf.host == "https://10.96.0.1:443"
+    assert conf.api_key["BearerToken"] == "Bearer service-account-token"
+    assert conf.ssl_ca_cert == str(tmp_path / "ca.crt")
+    (tmp_path / "token").unlink()
+    with pytest.raises(KubeConfigError, match="in-cluster configuration"):
+        await load_configuration(service_account=tmp_path)
+
+
+def test_extender_in_a_pod_without_flags_uses_the_service_account(tmp_path: Path) -> None:
+    # No --snapshot and no --kubeconfig inside a pod: the extender goes in-cluster. Here the
+    # service account is missing, which must be one clear error, not a traceback.
+    env = {**os.environ, "KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    result = subprocess.run(
+        extender_command("--port", "0"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "in-cluster configuration" in result.stderr
     assert "Traceback" not in result.stderr

@@ -24,8 +24,15 @@ def in_cluster() -> bool:
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
 
 
+#: Where Kubernetes mounts a pod's service account token and the cluster CA.
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
 async def load_configuration(
-    kubeconfig: str | Path | None = None, *, context: str | None = None
+    kubeconfig: str | Path | None = None,
+    *,
+    context: str | None = None,
+    service_account: Path = SERVICE_ACCOUNT,
 ) -> client.Configuration:
     """The client configuration from `kubeconfig`, or in-cluster when it is None."""
     configuration = client.Configuration()
@@ -45,7 +52,11 @@ async def load_configuration(
             "no kubeconfig given and not running in a pod (KUBERNETES_SERVICE_HOST is unset)"
         )
     try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration,
+            token_filename=str(service_account / "token"),
+            cert_filename=str(service_account / "ca.crt"),
+        )
     except ConfigException as exc:
         raise KubeConfigError(f"in-cluster configuration: {exc}") from None
     return configuration

@@ -20,6 +20,7 @@ measures utilization on CPU and memory only and ignores EPC in its choices.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
@@ -356,13 +357,13 @@ def plan(inp: PlanInput) -> Plan:
         key=lambda p: (-p.epc_total, -p.cpu_milli, -p.memory, p.key),
     )
     unschedulable: list[str] = []
-    fork: ClusterSnapshot | None = None
+    # Without pending pods nothing is placed, and the pressure rule reads the snapshot itself.
+    view = inp.snapshot
     pool_nodes: dict[str, list[str]] = {p.name: list(p.nodes) for p in pools}
-    if pending or policy.pressure:
-        fork = inp.snapshot.fork()
+    if pending:
+        fork = view = _fork(inp.snapshot)
         for pool in pools:
             pool_nodes[pool.name] += _add_nodes(fork, pool, pool.in_flight, "inflight")
-    if pending and fork is not None:
         needs: list[PodInfo] = []
         inflight = [n for names in pool_nodes.values() for n in names if n[:1] == "~"]
         for pod in pending:
@@ -405,13 +406,16 @@ def plan(inp: PlanInput) -> Plan:
             chosen = set(best.helped)
             needs = [p for i, p in enumerate(needs) if i not in chosen]
 
-    if policy.pressure and policy.epc_aware and fork is not None:
+    if policy.pressure and policy.epc_aware:
         for pool in pools:
             size = pool.size + added[pool.name]
             room = pool.max_size - size
             if size == 0 or room <= 0 or not pool.template.epc_allocatable:
                 continue
-            requested, allocatable = _pool_epc(fork, pool_nodes[pool.name])
+            requested, allocatable = _pool_epc(view, pool_nodes[pool.name])
+            if view is inp.snapshot:
+                # Nodes still booting add their template's EPC and hold nothing yet.
+                allocatable += pool.in_flight * pool.template.epc_total
             if allocatable == 0:
                 continue
             ratio = _ratio(requested, allocatable, policy.target_utilization)
@@ -433,6 +437,21 @@ def plan(inp: PlanInput) -> Plan:
         p.name: p.size + added[p.name] - sum(1 for d in downs if d.pool == p.name) for p in pools
     }
     return Plan(tuple(ups), tuple(downs), targets, unneeded, tuple(unschedulable))
+
+
+def _fork(snapshot: ClusterSnapshot) -> ClusterSnapshot:
+    """`snapshot.fork()`, sharing the frozen node and pod records instead of copying them.
+
+    They are immutable and the snapshot only ever replaces them, so the copy stays independent;
+    not copying them is most of the cost of a fork on a cluster with many pods.
+    """
+    memo: dict[int, object] = {}
+    for pod in snapshot.pods.values():
+        memo[id(pod)] = pod
+    for info in snapshot.infos:
+        if info is not None:
+            memo[id(info)] = info
+    return copy.deepcopy(snapshot, memo)
 
 
 def _first_of(snapshot: ClusterSnapshot, request: PodRequest, nodes: Sequence[str]) -> str | None:
@@ -468,7 +487,7 @@ def _scale_down(
         return [], unneeded
     downs: list[ScaleDown] = []
     removed: dict[str, int] = {}
-    fork = snapshot.fork()
+    fork = _fork(snapshot)
     for use, _since, node, pool in sorted(candidates, key=lambda c: (c[0], c[1], c[2])):
         last = pool.last_scale_up
         if last is not None and inp.now - last < policy.scale_down_delay_after_add:
@@ -482,7 +501,7 @@ def _scale_down(
             requested, allocatable = _pool_epc(fork, rest)
             if allocatable and _ratio(requested, allocatable, policy.target_utilization) > 1:
                 # Removing it would push the pool over target and the next plan would grow it.
-                fork = snapshot.fork()
+                fork = _fork(snapshot)
                 for d in downs:
                     _drain(fork, d.node, policy)
                 continue

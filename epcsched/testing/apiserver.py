@@ -25,6 +25,7 @@ import logging
 import secrets
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,12 +297,19 @@ class _Continuation:
 
 
 class _Pages:
+    """Continue tokens of unfinished lists; a token may be retried, as kube-apiserver's can."""
+
+    LIMIT = 256
+
     def __init__(self) -> None:
-        self.pending: dict[str, _Continuation] = {}
+        self.pending: OrderedDict[str, _Continuation] = OrderedDict()
 
     def token(self, rest: _Continuation) -> str:
         key = secrets.token_hex(8)
         self.pending[key] = rest
+        # Abandoned lists must not grow the server without bound: the oldest tokens expire.
+        while len(self.pending) > self.LIMIT:
+            self.pending.popitem(last=False)
         raw = _encode({"k": key, "rv": rest.rv})
         return base64.urlsafe_b64encode(raw).decode()
 
@@ -311,7 +319,7 @@ class _Pages:
             key = data["k"]
         except (ValueError, KeyError, TypeError, binascii.Error):
             raise ApiError(400, "continue key is not valid: malformed token") from None
-        rest = self.pending.pop(key, None) if isinstance(key, str) else None
+        rest = self.pending.get(key) if isinstance(key, str) else None
         if rest is None or rest.rv < store.compacted:
             raise gone(
                 "The provided continue parameter is too old to display a consistent list "
@@ -366,8 +374,6 @@ def _translate(change: Change, target: Target, selector: Selector) -> bytes | No
             return False
         if target.namespace and obj["metadata"].get("namespace") != target.namespace:
             return False
-        if target.name and obj["metadata"].get("name") != target.name:
-            return False
         return selector.everything or selector.matches(obj)
 
     before = visible(change.old)
@@ -402,8 +408,7 @@ async def _watch(request: web.Request, target: Target) -> web.StreamResponse:
         initial: list[bytes] = []
         if since is None or since == 0:
             for obj in store.items(resource, target.namespace, selector):
-                if target.name is None or obj["metadata"]["name"] == target.name:
-                    initial.append(_event_line("ADDED", obj))
+                initial.append(_event_line("ADDED", obj))
             last = store.rv
         else:
             try:

@@ -1,1 +1,1 @@
-"""Everything that reads the cluster: snapshot files now, informers over the API later."""
+"""Everything that reads the cluster: snapshot files, and informers (list + watch) over the API."""

@@ -131,15 +131,16 @@ def summary_markdown(
             "",
             "## Sweep",
             "",
-            "| point | policy | peak nodes | node-hours | cost | never scheduled | wait p95 s | "
-            "EPC overcommit pod-s |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
+            "| point | policy | peak nodes | node-hours | cost | never scheduled | pods waited | "
+            "wait p95 s | EPC overcommit pod-s |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in sweep:
             m = r.metrics
             lines.append(
                 f"| {r.variant} | {r.policy} | {m['peakNodes']} | {_fmt(m['nodeHours'])} | "
-                f"{_fmt(m['cost'])} | {m['podsNeverScheduled']} | {_fmt(m['waitP95S'])} | "
+                f"{_fmt(m['cost'])} | {m['podsNeverScheduled']} | {m['podsWaited']} | "
+                f"{_fmt(m['waitP95S'])} | "
                 f"{_fmt(m['epcOvercommitPodSeconds'])} |"
             )
     if plots:
@@ -168,6 +169,13 @@ def comparison_table(results: Sequence[RunResult], bound: LowerBound) -> str:
     return "\n".join(rows)
 
 
+def _bound_label(scenario: Scenario, bound: LowerBound) -> str:
+    if len(scenario.pools) == 1:
+        return f"lower bound ({bound.method})"
+    biggest = max(bound.per_pool.values(), key=lambda b: (b.capacity, b.pool))
+    return f"lower bound ({bound.method}, in {biggest.pool} nodes)"
+
+
 def _style(policy: str) -> str:
     return "-" if policy in EPCSCHED_POLICIES else "--"
 
@@ -192,7 +200,7 @@ def write_plots(
                 color="black",
                 linewidth=0.8,
                 linestyle=":",
-                label=f"lower bound ({bound.method})",
+                label=_bound_label(scenario, bound),
             )
         ax.set_xlabel("simulated time (h)")
         ax.set_ylabel(ylabel)
@@ -206,7 +214,7 @@ def write_plots(
     for r in base:
         q = r.wait_quantiles
         shares = [i / (len(q) - 1) for i in range(len(q))]
-        ax.plot(q, shares, linestyle=_style(r.policy), label=r.policy)
+        ax.plot(q, shares, drawstyle="steps-post", linestyle=_style(r.policy), label=r.policy)
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel("wait before first start (s, symlog)")
     ax.set_ylabel("share of pods")

@@ -5,6 +5,7 @@ EPC-respecting run in which no pod waited ever has fewer nodes at its peak than 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,6 @@ from epcsched.simulation.bound import (
     lower_bound,
 )
 from epcsched.simulation.engine import simulate
-from epcsched.simulation.scenario import parse_scenario
 from tests.simulation_helpers import pool, synthetic, trace_scenario
 
 
@@ -94,14 +94,7 @@ def test_the_bound_never_exceeds_a_run_in_which_no_pod_waited(seed: int, policy:
     bound = lower_bound(base, workload)
     no_wait_sizes = []
     for size in range(1, 2 * bound.peak_nodes + 3):
-        data = {
-            "name": "sized",
-            "seed": seed,
-            "horizon": "2h",
-            "nodePools": [pool(size=size, max_size=size + 1)],
-            "workload": {"trace": "unused.csv"},
-        }
-        scenario = parse_scenario(data, base=Path("."))
+        scenario = replace(base, pools=(replace(base.pools[0], initial_size=size),))
         run = simulate(scenario, workload, policy)
         if run.metrics["podsWaited"] == 0:
             no_wait_sizes.append(size)

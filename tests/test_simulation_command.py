@@ -97,6 +97,10 @@ def test_workers_and_dask_give_the_in_process_results(tmp_path: Path) -> None:
         n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
     ) as cluster:
         on_dask = run_tasks(tasks, dask_address=cluster.scheduler_address)
+        out = tmp_path / "dask-out"
+        argv = ["simulate", str(tmp_path / "scenario.yaml"), "--out", str(out)]
+        assert main([*argv, "--dask", cluster.scheduler_address]) == 0
+    assert len(json.loads((out / "sweep.json").read_text())) == 8
     assert [(r.policy, r.variant, r.metrics) for r in on_dask] == [
         (r.policy, r.variant, r.metrics) for r in here
     ]

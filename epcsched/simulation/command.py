@@ -34,13 +34,20 @@ def register(subparsers: Any) -> None:
         "--workers", type=int, default=1, help="local processes for the runs (default 1)"
     )
     parser.add_argument(
-        "--dask", metavar="ADDRESS", default=None, help="run on this Dask scheduler instead"
+        "--dask",
+        metavar="ADDRESS",
+        default=None,
+        help="run on the Dask scheduler at ADDRESS instead (its workers need epcsched installed)",
     )
     parser.add_argument(
         "--via-http",
         metavar="URL",
         default=None,
-        help="also send every placement to the extender at URL and check it decides the same",
+        help=(
+            "first serve the extender at URL (http://HOST:PORT[/prefix], port 0 for any) over "
+            "the simulated cluster, send it every placement of the epcsched policies as "
+            "kube-scheduler would, and fail if any decision differs from the in-process one"
+        ),
     )
     parser.set_defaults(func=run)
 

@@ -120,7 +120,9 @@ def summary_markdown(
         )
     lines += [
         "",
-        "Waits count pods never scheduled up to the horizon. Nodes are counted from the moment "
+        "Waits run from submission to first start; pods never scheduled count up to the "
+        "horizon. Evicted pods (scale-down) restart from the beginning. Nodes are counted from the "
+        "moment "
         "they are asked for (booting nodes are billed). The bound applies to runs that respect "
         "EPC and in which no pod waited; `epc-unaware` packs nodes past their EPC and pays in "
         "paging instead.",

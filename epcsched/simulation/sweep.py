@@ -10,6 +10,7 @@ completion, so the output does not depend on how the work was spread.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import multiprocessing
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -85,8 +86,13 @@ def run_tasks(
             )
             executor = client.get_executor()
         elif workers > 1 and len(tasks) > 1:
+            # forkserver: workers must not be forked from a process that runs threads (tqdm's
+            # monitor, a Dask client), whose locks a fork would copy in a held state.
             executor = stack.enter_context(
-                cf.ProcessPoolExecutor(max_workers=min(workers, len(tasks)))
+                cf.ProcessPoolExecutor(
+                    max_workers=min(workers, len(tasks)),
+                    mp_context=multiprocessing.get_context("forkserver"),
+                )
             )
         if executor is None:
             for i, task in enumerate(tasks):

@@ -1,7 +1,8 @@
-"""`make demo`: the extender deciding for an enclave pod on a bundled example cluster.
+"""`make demo`: epcsched end to end on a bundled example cluster, no real cluster needed.
 
-Needs no cluster: it serves the example snapshot on a loopback port, posts the filter and
-prioritize bodies kube-scheduler would send for the bundled enclave pod, and prints the answers.
+First the extender serves the example snapshot on a loopback port and answers the filter and
+prioritize bodies kube-scheduler would send for the bundled enclave pod; then the same extender
+follows a (fake, in-process) API server as enclave pods come and go.
 """
 
 from __future__ import annotations
@@ -74,8 +75,16 @@ async def extender_decision(out: Any = sys.stdout) -> None:
         await runner.cleanup()
 
 
+async def run_all() -> None:
+    from epcsched.kube.demo import cluster_demo
+
+    await extender_decision()
+    print(file=sys.stdout)
+    await cluster_demo()
+
+
 def main() -> int:
-    asyncio.run(extender_decision())
+    asyncio.run(run_all())
     return 0
 
 

@@ -16,7 +16,7 @@ from epcsched.simulation.engine import simulate
 from epcsched.simulation.live import check_policy, check_via_http, pod_json
 from epcsched.simulation.scenario import load_scenario
 from epcsched.simulation.workload import load_workload
-from tests.simulation_helpers import EPC, pool, synthetic
+from tests.simulation_helpers import EPC, GIB, pool, synthetic, trace_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "simulations" / "tiny" / "scenario.yaml"
@@ -89,3 +89,19 @@ def test_pods_are_sent_in_the_resource_unit() -> None:
     requests = sent["spec"]["containers"][0]["resources"]["requests"]  # type: ignore[index]
     assert requests == {EPC: "3145728", "cpu": "250m", "memory": str(2**28)}
     assert body["spec"]["containers"][0]["resources"]["requests"] == {legacy: "3500m"}  # type: ignore[index]
+
+
+def test_a_legacy_mib_resource_decides_the_same(tmp_path: Path) -> None:
+    legacy = "kubernetes.azure.com/sgx_epc_mem_in_MiB"
+    jobs = [(i * 20, 600, [1024, 3072, 6144][i % 3], 100, 256) for i in range(12)]
+    scenario, workload = trace_scenario(
+        tmp_path,
+        jobs,
+        pools=[{"name": "dc2", "sku": "Standard_DC2s_v3", "initialSize": 3, "maxSize": 3}],
+        epcResource=legacy,
+    )
+    assert scenario.pools[0].template.epc_allocatable == {legacy: 8 * GIB}
+    run = simulate(scenario, workload, "binpack")
+    assert run.metrics["podsCompleted"] == 12 and run.metrics["waitMaxS"] > 0
+    check = check_policy(scenario, workload, "binpack", LOOPBACK)
+    assert check.decisions >= 12 and check.mismatches == []

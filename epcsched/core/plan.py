@@ -156,9 +156,6 @@ class Plan:
     unschedulable: tuple[str, ...] = ()
     """Pending pods that no pool's template can hold, whatever the sizes."""
 
-    def added(self, pool: str) -> int:
-        return sum(up.count for up in self.scale_ups if up.pool == pool)
-
     def to_json(self) -> dict[str, object]:
         """The plan as `epcsched autoscaler --once --dry-run` prints it."""
         return {

@@ -69,7 +69,9 @@ class PagingModel:
     """
 
     slowdown_per_overcommit: float = 8.0
+    """Extra slowdown per unit of overcommit: at `r = 1.5` the default runs 5x slower."""
     max_slowdown: float = 100.0
+    """The worst slowdown, however far the node is overcommitted."""
 
     def slowdown(self, demand: int, capacity: int) -> float:
         if demand <= capacity:
@@ -98,15 +100,20 @@ class Scenario:
 
     name: str
     seed: int
+    """Seed of the synthetic workload (a trace ignores it)."""
     horizon: float
+    """Simulated seconds; pods still running then are counted as running."""
     pools: tuple[PoolSpec, ...]
     workload: WorkloadSpec
     policies: tuple[str, ...]
     autoscaler: AutoscalerSettings | None = None
     """None when the scenario turns autoscaling off."""
     provision_delay: float = 180.0
+    """Seconds from asking for a node to its being Ready."""
     epc_resource: str = "sgx.intel.com/epc"
+    """The EPC resource name the nodes advertise and the pods request."""
     headroom: Headroom = field(default_factory=Headroom)
+    """EPC kept free on every node, as `epc.headroom` in the configuration."""
     paging: PagingModel = field(default_factory=PagingModel)
     sweep: tuple[Variant, ...] = ()
     """Extra variants beyond the base one (empty: no sweep)."""

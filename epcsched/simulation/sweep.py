@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from epcsched.simulation.engine import RunResult, simulate
-from epcsched.simulation.scenario import Scenario, Variant
+from epcsched.simulation.scenario import Scenario
 from epcsched.simulation.workload import Workload, load_workload
 
 
@@ -105,5 +105,3 @@ def run_tasks(
                 bar.update()
     return [r for r in results if r is not None]
 
-
-__all__ = ["Task", "Variant", "plan_tasks", "run_task", "run_tasks"]

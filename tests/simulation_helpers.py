@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def pool(
     }
 
 
-def write_trace(path: Path, jobs: list[tuple[float, float, float, int, int]]) -> Path:
+def write_trace(path: Path, jobs: Sequence[tuple[float, float, float, int, int]]) -> Path:
     """Jobs are (submit_s, duration_s, epc_mib, cpu_m, memory_mib), named j0, j1, ..."""
     lines = ["id,submit_s,duration_s,epc_mib,cpu_m,memory_mib"]
     lines += [f"j{i},{s},{d},{e},{c},{m}" for i, (s, d, e, c, m) in enumerate(jobs)]
@@ -46,7 +47,7 @@ def write_trace(path: Path, jobs: list[tuple[float, float, float, int, int]]) ->
 
 def trace_scenario(
     tmp_path: Path,
-    jobs: list[tuple[float, float, float, int, int]],
+    jobs: Sequence[tuple[float, float, float, int, int]],
     *,
     pools: list[dict[str, Any]] | None = None,
     horizon: str = "2h",

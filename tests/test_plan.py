@@ -6,12 +6,21 @@ min/max always respected, and the input snapshot never changed."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from epcsched.core.plan import PlanInput, PlanPolicy, PoolState, ScaleUp, plan, template_node
+from epcsched.core.plan import (
+    Plan,
+    PlanInput,
+    PlanPolicy,
+    PoolState,
+    ScaleUp,
+    plan,
+    template_node,
+)
 from epcsched.core.snapshot import ClusterSnapshot
 from epcsched.model import NodeInfo, PodInfo
 from epcsched.quantity import DEFAULT_EPC_RESOURCES
@@ -49,16 +58,21 @@ def add_pod(
 
 
 def pool_state(
-    name: str = "p", *, nodes: tuple[str, ...] = (), template: NodeInfo = TEMPLATE, **kw: object
+    name: str = "p", *, nodes: tuple[str, ...] = (), template: NodeInfo = TEMPLATE, **kw: Any
 ) -> PoolState:
-    fields: dict[str, object] = {"min_size": 0, "max_size": 10, **kw}
-    return PoolState(name=name, template=template, nodes=nodes, **fields)  # type: ignore[arg-type]
+    settings: dict[str, Any] = {"min_size": 0, "max_size": 10, **kw}
+    return PoolState(name=name, template=template, nodes=nodes, **settings)
 
 
-def run(snap: ClusterSnapshot, pools: list[PoolState], now: float = 0.0, **kw: object):  # type: ignore[no-untyped-def]
-    unneeded = kw.pop("unneeded_since", {})
-    policy = PlanPolicy(**kw)  # type: ignore[arg-type]
-    return plan(PlanInput(snap, pools, now, policy, unneeded))  # type: ignore[arg-type]
+def run(
+    snap: ClusterSnapshot,
+    pools: list[PoolState],
+    now: float = 0.0,
+    *,
+    unneeded_since: dict[str, float] | None = None,
+    **policy: Any,
+) -> Plan:
+    return plan(PlanInput(snap, pools, now, PlanPolicy(**policy), unneeded_since or {}))
 
 
 def test_scale_from_zero_uses_the_template() -> None:

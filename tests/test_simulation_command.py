@@ -93,7 +93,7 @@ def test_workers_and_dask_give_the_in_process_results(tmp_path: Path) -> None:
     ]
     from distributed import LocalCluster
 
-    with LocalCluster(
+    with LocalCluster(  # type: ignore[no-untyped-call]
         n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
     ) as cluster:
         on_dask = run_tasks(tasks, dask_address=cluster.scheduler_address)

@@ -6,6 +6,7 @@ one-line error."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -86,9 +87,10 @@ def test_pods_are_sent_in_the_resource_unit() -> None:
     legacy = "kubernetes.azure.com/sgx_epc_mem_in_MiB"
     body = pod_json(PodInfo("sim", "b", epc={legacy: 3 * 2**20 + 2**19}), {legacy: 2**20})
     sent = pod_json(pod, {EPC: 1})
-    requests = sent["spec"]["containers"][0]["resources"]["requests"]  # type: ignore[index]
+    requests = json.loads(json.dumps(sent))["spec"]["containers"][0]["resources"]["requests"]
     assert requests == {EPC: "3145728", "cpu": "250m", "memory": str(2**28)}
-    assert body["spec"]["containers"][0]["resources"]["requests"] == {legacy: "3500m"}  # type: ignore[index]
+    sent_legacy = json.loads(json.dumps(body))["spec"]["containers"][0]["resources"]["requests"]
+    assert sent_legacy == {legacy: "3500m"}
 
 
 def test_a_legacy_mib_resource_decides_the_same(tmp_path: Path) -> None:

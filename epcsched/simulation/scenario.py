@@ -296,7 +296,9 @@ def parse_scenario(data: object, *, base: Path, source: str = "") -> Scenario:
     try:
         return _parse(data, base)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
+        # A key or value may hold line breaks; the error stays on one line whatever they are.
+        message = " ".join(str(exc).split())
+        raise ConfigError(f"{source}: {message}" if source else message) from None
 
 
 def _parse(data: object, base: Path) -> Scenario:
@@ -360,9 +362,11 @@ def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file; errors start with the file name."""
     file = Path(path)
     try:
-        text = file.read_text()
+        text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not UTF-8 text") from None
     try:
         data: Any = yaml.safe_load(text)
     except yaml.YAMLError as exc:

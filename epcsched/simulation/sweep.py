@@ -104,4 +104,3 @@ def run_tasks(
                 results[futures[future]] = future.result()
                 bar.update()
     return [r for r in results if r is not None]
-

@@ -258,10 +258,17 @@ def _cell(row: dict[str, str], column: str, where: str) -> Fraction:
 def read_trace(path: Path) -> Workload:
     """Read `submit_s,duration_s,epc_mib,cpu_m,memory_mib[,id]`; errors name file, line, column."""
     try:
-        handle = path.open(newline="")
+        return _read_trace(path)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    with handle:
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except csv.Error as exc:
+        raise ConfigError(f"{path}: not CSV: {exc}") from None
+
+
+def _read_trace(path: Path) -> Workload:
+    with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         missing = [c for c in TRACE_COLUMNS if c not in header]

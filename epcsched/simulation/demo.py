@@ -26,6 +26,8 @@ def run_demo(out_dir: Path, *, scenario_path: Path = TINY_SCENARIO) -> None:
         f"Simulating scenario {scenario.name!r}: {len(workload)} pods, "
         f"policies {', '.join(scenario.policies)}"
     )
+    if scenario.description:
+        print(scenario.description.strip())
     tasks = plan_tasks(scenario, scenario.policies, workloads={scenario.seed: workload})
     results = run_tasks(tasks, progress=False)
     bound = lower_bound(scenario, workload)

@@ -159,6 +159,24 @@ def test_cheapest_and_priority_expanders() -> None:
     assert [(u.pool, u.count) for u in prioritised.scale_ups] == [("small", 4)]
 
 
+def test_pods_go_only_to_pools_their_node_selector_matches() -> None:
+    snap = snapshot()
+    snap.upsert_pod(
+        PodInfo("default", "picky", epc={EPC: 7 * GIB}, node_selector={"agentpool": "big"})
+    )
+    pools = [
+        dataclasses.replace(
+            p, template=dataclasses.replace(p.template, labels={"agentpool": p.name})
+        )
+        for p in _two_pools()
+    ]
+    # least-waste alone would choose the small pool (see above); the selector rules it out.
+    result = run(snap, pools, pressure=False)
+    assert [(u.pool, u.count) for u in result.scale_ups] == [("big", 1)]
+    snap.upsert_pod(PodInfo("default", "lost", epc={EPC: GIB}, node_selector={"zone": "x"}))
+    assert run(snap, pools, pressure=False).unschedulable == ("default/lost",)
+
+
 def test_pressure_grows_by_the_hpa_rule() -> None:
     snap = snapshot()
     for n in ("n1", "n2"):

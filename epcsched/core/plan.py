@@ -258,13 +258,20 @@ def _estimate(
     room: int,
     policy: PlanPolicy,
 ) -> _Option | None:
-    """First-fit-decreasing of `pods` (already in that order) onto at most `room` new nodes."""
+    """First-fit-decreasing of `pods` (already in that order) onto at most `room` new nodes.
+
+    Only pods whose nodeSelector the template's labels satisfy are packed.
+    """
     bins = ClusterSnapshot(base.epc_resources, headroom=base.headroom, capacity=8)
     probe = ClusterSnapshot(base.epc_resources, headroom=base.headroom, capacity=1)
     probe.upsert_node(dataclasses.replace(pool.template, name="probe", ready=True))
     helped: list[int] = []
     opened = 0
+    labels = pool.template.labels
     for i, (pod, request) in enumerate(zip(pods, requests, strict=True)):
+        if any(labels.get(key) != value for key, value in pod.node_selector.items()):
+            # A pod that selects other labels would never be scheduled on this pool's nodes.
+            continue
         node = _fits_first(bins, request)
         if node is None:
             if opened >= room or _fits_first(probe, request) is None:

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -56,6 +57,11 @@ def test_bound_is_the_peak_over_time(tmp_path: Path) -> None:
     bound = lower_bound(scenario, workload)
     assert (bound.peak_nodes, bound.method) == (3, "milp")
     assert bound.per_pool["p"].at_s == 10
+    # Node-seconds: ceil(5/8)=1 on [0,5), 2 on [5,10) (two 5 GiB pods are over half a node),
+    # 3 on [10,100), 2 on [100,105), 1 on [105,110); 1 on [200,210), 2 on [210,300), 1 on
+    # [300,310).
+    seconds = 5 + 2 * 5 + 3 * 90 + 2 * 5 + 5 + 10 + 2 * 90 + 10
+    assert bound.node_hours == pytest.approx(seconds / 3600)
 
 
 def test_large_workloads_use_the_l2_bound() -> None:
@@ -100,6 +106,7 @@ def test_the_bound_never_exceeds_a_run_in_which_no_pod_waited(seed: int, policy:
         if run.metrics["podsWaited"] == 0:
             no_wait_sizes.append(size)
             assert run.metrics["peakNodes"] >= bound.peak_nodes
+            assert run.metrics["nodeHours"] >= bound.node_hours - 1e-4
     # With enough nodes nobody waits, so the check above is not vacuous.
     assert no_wait_sizes
     assert min(no_wait_sizes) >= bound.peak_nodes

@@ -94,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
     bound = lower_bound(scenario, workload)
     written = write_report(out, scenario, results, bound)
     print(comparison_table(results, bound))
-    print(f"lower bound on peak nodes: {bound.peak_nodes} ({bound.method})")
+    print(
+        f"lower bound if no pod waited: {bound.peak_nodes} nodes at peak ({bound.method}), "
+        f"{bound.node_hours:.2f} node-hours"
+    )
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0

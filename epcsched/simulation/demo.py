@@ -35,7 +35,8 @@ def run_demo(out_dir: Path, *, scenario_path: Path = TINY_SCENARIO) -> None:
     print(comparison_table(results, bound))
     print(
         f"Lower bound on peak nodes if no pod waited: {bound.peak_nodes} "
-        f"({'exact, MILP' if bound.method == 'milp' else 'Martello-Toth L2'})"
+        f"({'exact, MILP' if bound.method == 'milp' else 'Martello-Toth L2'}), "
+        f"at least {bound.node_hours:.2f} node-hours"
     )
     plots = ", ".join(p.name for p in written if p.suffix == ".png")
     print(f"Report: {out_dir / 'summary.md'}; plots in {out_dir}: {plots}")

@@ -64,11 +64,28 @@ def test_bound_is_the_peak_over_time(tmp_path: Path) -> None:
     assert bound.node_hours == pytest.approx(seconds / 3600)
 
 
-def test_large_workloads_use_the_l2_bound() -> None:
+def test_the_milp_settles_moments_where_the_bounds_disagree(tmp_path: Path) -> None:
+    # Seven pods of 34% of a node at once: L2 (volume) says 3, but no node holds three: 4.
+    jobs = [(0, 100, 2785, 10, 64)] * 7
+    scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=4)])
+    assert l2_bound(workload.epc, 8 * 2**30) == 3
+    bound = lower_bound(scenario, workload)
+    assert (bound.peak_nodes, bound.method) == (4, "milp")
+
+
+def test_too_many_pods_for_the_milp_leave_the_l2_bound(tmp_path: Path) -> None:
+    # Ninety such pods: L2 says 31, first-fit-decreasing 45, and the MILP is out of reach.
+    jobs = [(0, 100, 2785, 10, 64)] * 90
+    scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=4)])
+    bound = lower_bound(scenario, workload)
+    assert (bound.peak_nodes, bound.method) == (31, "l2")
+
+
+def test_large_workloads_are_proven_when_the_bounds_meet() -> None:
     scenario, workload = synthetic(seed=2, count=3000, rate=120, pools=[pool(size=10)])
     bound = lower_bound(scenario, workload)
-    assert bound.method == "l2"
-    assert bound.peak_nodes > 0
+    assert bound.method == "milp"
+    assert bound.peak_nodes > 10
 
 
 def test_several_pools_are_reported_per_pool(tmp_path: Path) -> None:

@@ -6,11 +6,14 @@ have fewer nodes at its peak than `max over t of OPT(EPC of the pods active at t
 moments when the active set is maximal (an arrival followed by a departure before the next
 arrival) can give the maximum, since a subset never needs more bins.
 
-`OPT` is solved exactly (a bin-packing MILP with `scipy.optimize.milp`, skipped when the
-Martello-Toth L2 bound already meets first-fit-decreasing) when the instances are small;
-otherwise the bound is the largest L2 (Martello & Toth, 1990), itself a proven lower bound on
-`OPT`. Bins are the pool template's EPC less the headroom. With several pools, each pool gets
-its own figure; the overall bound uses the pool with the most EPC per node, since swapping any
+The bound is the largest Martello-Toth L2 bound (Martello & Toth, 1990) over those moments,
+itself a proven lower bound on `OPT`. It is then proven exact where seconds allow: every moment
+that could need more bins is packed first-fit-decreasing, and where that does not meet L2, the
+bin packing is solved with `scipy.optimize.milp` (up to `EXACT_MAX_ITEMS` pods). `method` is
+`milp` when the bound is the exact optimum and `l2` when it is the L2 bound only.
+
+Bins are the pool template's EPC less the headroom. With several pools, each pool gets its own
+figure; the overall bound uses the pool with the most EPC per node, since swapping any
 node for a bigger one never hurts.
 """
 
@@ -29,11 +32,12 @@ from epcsched.simulation.scenario import Scenario
 from epcsched.simulation.workload import Workload
 
 IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
 
-#: Largest active set handed to the MILP; beyond it the L2 bound is used.
+#: Largest set of pods handed to the MILP; beyond it only matching bounds prove the optimum.
 EXACT_MAX_ITEMS = 80
-#: Wall-clock budget for all MILP solves of one bound, in seconds.
-EXACT_BUDGET_S = 10.0
+#: Wall-clock budget for proving the bound exact (over all pools), in seconds.
+EXACT_BUDGET_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +181,7 @@ def exact_bins(sizes: IntArray, capacity: int, *, upper: int, time_limit: float)
     return sum(1 for load in loads if load > 0)
 
 
-def _maximal_moments(submit: np.ndarray, end: np.ndarray) -> np.ndarray:
+def _maximal_moments(submit: FloatArray, end: FloatArray) -> FloatArray:
     """Arrival times after which a pod leaves before the next arrival (or the last arrival)."""
     arrivals = np.unique(submit)
     ends = np.sort(end)
@@ -189,68 +193,71 @@ def _maximal_moments(submit: np.ndarray, end: np.ndarray) -> np.ndarray:
 
 
 def _pool_bound(
-    name: str,
-    capacity: int,
-    submit: np.ndarray,
-    end: np.ndarray,
-    epc: IntArray,
-    exact: bool,
-    deadline: float,
-) -> tuple[PoolBound, bool]:
+    name: str, capacity: int, submit: FloatArray, end: FloatArray, epc: IntArray, deadline: float
+) -> PoolBound:
     fits = epc <= capacity
     excluded = int((~fits).sum())
     submit, end, epc = submit[fits], end[fits], epc[fits]
     if epc.shape[0] == 0 or capacity <= 0:
-        return PoolBound(name, capacity, 0, "milp" if exact else "l2", 0.0, excluded), exact
+        return PoolBound(name, capacity, 0, "milp", 0.0, excluded)
     moments = _maximal_moments(submit, end)
     order_s = np.argsort(submit, kind="stable")
-    s_sorted = submit[order_s]
-    s_cum = np.concatenate(([0], np.cumsum(epc[order_s])))
-    big_s = np.concatenate(([0], np.cumsum(2 * epc[order_s] > capacity)))
     order_e = np.argsort(end, kind="stable")
-    e_sorted = end[order_e]
-    e_cum = np.concatenate(([0], np.cumsum(epc[order_e])))
-    big_e = np.concatenate(([0], np.cumsum(2 * epc[order_e] > capacity)))
-    arrived = np.searchsorted(s_sorted, moments, side="right")
-    left = np.searchsorted(e_sorted, moments, side="right")
-    total = s_cum[arrived] - e_cum[left]
-    bigs = big_s[arrived] - big_e[left]
-    if exact:
-        # Any-fit packing leaves at most one bin half empty, so OPT <= 2 * sum / capacity + 1,
-        # and never more bins than pods.
-        count = np.concatenate(([0], np.cumsum(np.ones_like(epc))))
-        pods = count[arrived] - count[left]
-        ceiling = np.minimum(pods, 2 * total // capacity + 1)
-    else:
-        # L2 <= (pods over half a bin) + ceil(sum / capacity).
-        ceiling = bigs + (-(-total // capacity))
-    order = np.argsort(-ceiling, kind="stable")
+    arrived = np.searchsorted(submit[order_s], moments, side="right")
+    left = np.searchsorted(end[order_e], moments, side="right")
+
+    def running(values: IntArray) -> IntArray:
+        """Sum of `values` over the pods active at each moment."""
+        into = np.concatenate(([0], np.cumsum(values[order_s])))
+        out = np.concatenate(([0], np.cumsum(values[order_e])))
+        return np.asarray(into[arrived] - out[left], dtype=np.int64)
+
+    total = running(epc)
+    bigs = running((2 * epc > capacity).astype(np.int64))
+    pods = running(np.ones_like(epc))
+
+    def active(k: int) -> IntArray:
+        t = float(moments[k])
+        return epc[(submit <= t) & (end > t)]
+
+    # Phase 1: the largest L2 over the moments, pruned by L2 <= big pods + ceil(sum / capacity).
+    l2_ceiling = bigs + (-(-total // capacity))
     best, best_at = 0, 0.0
-    proven = exact
-    for k in order.tolist():
+    for k in np.argsort(-l2_ceiling, kind="stable").tolist():
+        if int(l2_ceiling[k]) <= best:
+            break
+        low = l2_bound(active(k), capacity)
+        if low > best:
+            best, best_at = low, float(moments[k])
+    # Phase 2: prove no moment needs more. Any-fit packing leaves at most one bin half empty,
+    # so OPT <= 2 * sum / capacity + 1 (and <= pods); first-fit-decreasing, then the MILP,
+    # settle the moments this cannot. Out of time or MILP reach, the bound stays L2.
+    ceiling = np.minimum(pods, 2 * total // capacity + 1)
+    proven = True
+    for k in np.argsort(-ceiling, kind="stable").tolist():
         if int(ceiling[k]) <= best:
             break
-        t = float(moments[k])
-        active = epc[(submit <= t) & (end > t)]
-        low = l2_bound(active, capacity)
-        value = low
-        if proven:
-            high = first_fit_decreasing(active, capacity)
-            if high > max(low, best):
-                budget = deadline - time.monotonic()
-                solved = None
-                if active.shape[0] <= EXACT_MAX_ITEMS and budget > 0:
-                    solved = exact_bins(active, capacity, upper=high, time_limit=budget)
-                if solved is None:
-                    proven = False
-                else:
-                    value = solved
-            else:
-                value = high if high > best else low
-        if value > best:
-            best, best_at = value, t
-    method = "milp" if proven else "l2"
-    return PoolBound(name, capacity, best, method, best_at, excluded), proven
+        if time.monotonic() > deadline:
+            proven = False
+            break
+        items = active(k)
+        high = first_fit_decreasing(items, capacity)
+        if high <= best:
+            continue
+        low = l2_bound(items, capacity)
+        if low == high:
+            optimum: int | None = high
+        elif items.shape[0] <= EXACT_MAX_ITEMS:
+            budget = deadline - time.monotonic()
+            optimum = exact_bins(items, capacity, upper=high, time_limit=budget)
+        else:
+            optimum = None
+        if optimum is None:
+            proven = False
+            break
+        if optimum > best:
+            best, best_at = optimum, float(moments[k])
+    return PoolBound(name, capacity, best, "milp" if proven else "l2", best_at, excluded)
 
 
 def lower_bound(scenario: Scenario, workload: Workload) -> LowerBound:
@@ -261,21 +268,21 @@ def lower_bound(scenario: Scenario, workload: Workload) -> LowerBound:
     epc = workload.epc[within]
     enclaves = epc > 0
     submit, end, epc = submit[enclaves], end[enclaves], epc[enclaves]
-    exact = _small(submit, end)
     deadline = time.monotonic() + EXACT_BUDGET_S
     per_pool: dict[str, PoolBound] = {}
     for pool in scenario.pools:
         allocatable = pool.template.epc_allocatable.get(scenario.epc_resource, 0)
         capacity = allocatable - scenario.headroom.of(allocatable)
-        bound, _ = _pool_bound(pool.settings.name, capacity, submit, end, epc, exact, deadline)
-        per_pool[pool.settings.name] = bound
+        per_pool[pool.settings.name] = _pool_bound(
+            pool.settings.name, capacity, submit, end, epc, deadline
+        )
     biggest = max(per_pool.values(), key=lambda b: (b.capacity, b.pool))
     hours = _node_hours(submit, end, epc, biggest.capacity, scenario.horizon)
     return LowerBound(biggest.peak_nodes, biggest.method, per_pool, hours)
 
 
 def _node_hours(
-    submit: np.ndarray, end: np.ndarray, epc: IntArray, capacity: int, horizon: float
+    submit: FloatArray, end: FloatArray, epc: IntArray, capacity: int, horizon: float
 ) -> float:
     """Node-hours no run without waiting can go below: the integral over [0, horizon] of
     max(ceil(EPC running / capacity), pods over half a node), each a lower bound on OPT(t)."""
@@ -293,14 +300,3 @@ def _node_hours(
     nodes = np.maximum(-(-total // capacity), count)
     spans = np.diff(np.append(times, horizon))
     return float((nodes * spans).sum()) / 3600.0
-
-
-def _small(submit: np.ndarray, end: np.ndarray) -> bool:
-    """Whether the exact solve is worth trying: no moment has more than EXACT_MAX_ITEMS pods."""
-    if submit.shape[0] == 0:
-        return True
-    times = np.concatenate((submit, end))
-    steps = np.concatenate((np.ones(submit.shape[0]), -np.ones(end.shape[0])))
-    # Departures before arrivals at equal times: a pod that ends at t is gone at t.
-    order = np.lexsort((steps, times))
-    return int(np.cumsum(steps[order]).max()) <= EXACT_MAX_ITEMS

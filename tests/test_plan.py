@@ -81,6 +81,13 @@ def test_scale_from_zero_uses_the_template() -> None:
     result = run(snap, [pool_state()])
     assert result.scale_ups == (ScaleUp("p", 1, "pending", ("default/a",)),)
     assert result.targets == {"p": 1}
+    # What `epcsched autoscaler --once --dry-run` prints.
+    assert result.to_json() == {
+        "scaleUps": [{"pool": "p", "count": 1, "reason": "pending", "pods": ["default/a"]}],
+        "scaleDowns": [],
+        "targets": {"p": 1},
+        "unschedulable": [],
+    }
 
 
 def test_first_fit_decreasing_counts_nodes() -> None:

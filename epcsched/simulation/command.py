@@ -7,11 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from epcsched.cli import CommandError
-from epcsched.simulation.bound import lower_bound
-from epcsched.simulation.report import comparison_table, write_report
 from epcsched.simulation.scenario import POLICIES, Scenario, load_scenario
-from epcsched.simulation.sweep import plan_tasks, run_tasks
-from epcsched.simulation.workload import load_workload
 
 
 def register(subparsers: Any) -> None:
@@ -71,6 +67,12 @@ def _policies(scenario: Scenario, text: str | None) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: scipy, matplotlib and dask would otherwise load with every subcommand.
+    from epcsched.simulation.bound import lower_bound
+    from epcsched.simulation.report import comparison_table, write_report
+    from epcsched.simulation.sweep import plan_tasks, run_tasks
+    from epcsched.simulation.workload import load_workload
+
     scenario = load_scenario(args.scenario)
     policies = _policies(scenario, args.policies)
     if args.workers < 1:

@@ -41,6 +41,8 @@ demo: install
 
 bench: install-test
 	$(PY) benchmarks/extender.py
+	$(PY) benchmarks/informer.py
+	$(PY) benchmarks/simulation.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

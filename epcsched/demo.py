@@ -9,7 +9,6 @@ scenario compares every placement policy, with plots written under `out/demo/`.
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,10 @@ from aiohttp import web
 from epcsched.config import Config
 from epcsched.extender.app import create_app
 from epcsched.kube.snapshot import load_snapshot
+from epcsched.netutil import free_port
 from epcsched.state import SnapshotState
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def example_pod() -> dict[str, Any]:

@@ -38,11 +38,19 @@ class ClusterState(Protocol):
 
 
 class SnapshotState:
-    """State loaded once from files: always ready, never changes."""
+    """State whose owner feeds the snapshot directly (files loaded once, a simulated clock):
+    always ready, nothing to start."""
 
-    def __init__(self, snapshot: ClusterSnapshot, *, sources: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        snapshot: ClusterSnapshot,
+        *,
+        sources: list[str] | None = None,
+        source: str = "snapshot",
+    ) -> None:
         self._snapshot = snapshot
         self._sources = list(sources or [])
+        self._source = source
 
     @property
     def snapshot(self) -> ClusterSnapshot:
@@ -52,12 +60,11 @@ class SnapshotState:
         return True
 
     def detail(self) -> dict[str, object]:
-        return {
-            "source": "snapshot",
-            "files": self._sources,
-            "nodes": len(self._snapshot),
-            "pods": len(self._snapshot.pods),
-        }
+        detail: dict[str, object] = {"source": self._source}
+        if self._sources:
+            detail["files"] = self._sources
+        detail.update(nodes=len(self._snapshot), pods=len(self._snapshot.pods))
+        return detail
 
     async def start(self) -> None:
         return None

@@ -9,7 +9,6 @@ the same port and data to see telemetry degrade and recover.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -17,6 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from epcsched.netutil import free_port
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -28,12 +29,6 @@ def require_prometheus() -> None:
             pytest.fail(
                 f"{binary} not found: install Debian's prometheus package (make system-deps)"
             )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def backfill(data_dir: Path, openmetrics: str, work_dir: Path) -> None:

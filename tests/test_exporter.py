@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from epcsched.cli import main
 from epcsched.exporter.command import serve
 from epcsched.exporter.sysfs import read_epc
+from epcsched.netutil import free_port
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -248,12 +249,6 @@ def test_cgroup_v1_misc_hierarchy(tmp_path: Path) -> None:
 
 
 # ----- the command -------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_main(

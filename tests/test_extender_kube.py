@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,17 +21,12 @@ import pytest
 from kubernetes_asyncio import client
 
 from epcsched.kube.client import KubeConfigError, load_configuration
+from epcsched.netutil import free_port
 from epcsched.testing.apiserver import FakeApiServer
 from epcsched.testing.store import BY_KIND
 from tests.kube_helpers import configuration, node, pod
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def extender_command(*args: str) -> list[str]:

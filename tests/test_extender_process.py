@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from epcsched.netutil import free_port
 from tests.helpers import LEGACY, cluster, node, pod
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kube-scheduler-1.35"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def call(port: int, path: str, body: bytes | None = None) -> tuple[int, bytes]:

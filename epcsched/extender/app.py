@@ -67,22 +67,16 @@ def _bad_request(exc: BadRequest) -> web.Response:
     return web.Response(status=400, body=error_reply(str(exc)), content_type=_JSON)
 
 
-async def _filter(request: web.Request) -> web.Response:
-    body = await request.read()
-    try:
-        reply = request.app[SERVICE].filter(body)
-    except BadRequest as exc:
-        return _bad_request(exc)
-    return web.Response(body=reply, content_type=_JSON)
+def _extender_verb(answer: Callable[[ExtenderService, bytes], bytes]) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        try:
+            reply = answer(request.app[SERVICE], body)
+        except BadRequest as exc:
+            return _bad_request(exc)
+        return web.Response(body=reply, content_type=_JSON)
 
-
-async def _prioritize(request: web.Request) -> web.Response:
-    body = await request.read()
-    try:
-        reply = request.app[SERVICE].prioritize(body)
-    except BadRequest as exc:
-        return _bad_request(exc)
-    return web.Response(body=reply, content_type=_JSON)
+    return handle
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -147,8 +141,10 @@ def create_app(
     prefix = settings.prefix.rstrip("/")
     if prefix and not prefix.startswith("/"):
         prefix = "/" + prefix
-    app.router.add_post(f"{prefix}/filter", _filter, name="filter")
-    app.router.add_post(f"{prefix}/prioritize", _prioritize, name="prioritize")
+    app.router.add_post(f"{prefix}/filter", _extender_verb(ExtenderService.filter), name="filter")
+    app.router.add_post(
+        f"{prefix}/prioritize", _extender_verb(ExtenderService.prioritize), name="prioritize"
+    )
     app.router.add_get("/healthz", _healthz, name="healthz")
     app.router.add_get("/readyz", _readyz, name="readyz")
     app.router.add_get("/metrics", _metrics, name="metrics")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,17 +28,12 @@ from kubernetes_asyncio import client
 from epcsched.config import Config
 from epcsched.kube.client import load_configuration
 from epcsched.kube.snapshot import load_snapshot
+from epcsched.netutil import free_port
 from epcsched.quantity import format_bytes
 from epcsched.testing.apiserver import FakeApiServer
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 EPC = "sgx.intel.com/epc"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _print_filter(reply: dict[str, Any], out: TextIO) -> None:
@@ -74,7 +68,7 @@ async def cluster_demo(out: TextIO = sys.stdout) -> None:
         async with FakeApiServer(bookmark_interval=0.2) as api:
             loaded = api.load(EXAMPLES / "cluster.json")
             kubeconfig = api.write_kubeconfig(Path(tmp) / "kubeconfig")
-            port = _free_port()
+            port = free_port()
             url = f"http://127.0.0.1:{port}"
             print(
                 f"\n== live cluster: fake API server on {api.url} with examples/cluster.json "

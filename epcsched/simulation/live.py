@@ -6,7 +6,7 @@ the way kube-scheduler asks: it runs its own NodeResourcesFit (CPU, memory, pod 
 the survivors as `{"Pod": ..., "Nodes": null, "NodeNames": [...]}` to `/filter`, posts the nodes
 that pass to `/prioritize` when more than one does, and binds to the best score (ties to the
 first name). The extender answers from its cache, so its cluster state is the simulator's own
-`ClusterSnapshot` (`SimulatedState`); the simulator waits for each reply before it changes the
+`ClusterSnapshot` (a `SnapshotState`); the simulator waits for each reply before it changes the
 snapshot again, so the extender never reads it mid-change.
 
 The extender is served in this process at the URL's host and port (port 0 picks a free one) and
@@ -36,37 +36,11 @@ from epcsched.model import PodInfo
 from epcsched.simulation.engine import Simulation
 from epcsched.simulation.scenario import EPCSCHED_POLICIES, Scenario
 from epcsched.simulation.workload import Workload
+from epcsched.state import SnapshotState
 
 
 class LiveCheckError(RuntimeError):
     """The extender could not be started or answered something that is not a reply."""
-
-
-class SimulatedState:
-    """A `ClusterState` over a simulation's snapshot: always ready, fed by the simulator."""
-
-    def __init__(self, snapshot: ClusterSnapshot) -> None:
-        self._snapshot = snapshot
-
-    @property
-    def snapshot(self) -> ClusterSnapshot:
-        return self._snapshot
-
-    def ready(self) -> bool:
-        return True
-
-    def detail(self) -> dict[str, object]:
-        return {
-            "source": "simulation",
-            "nodes": len(self._snapshot),
-            "pods": len(self._snapshot.pods),
-        }
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
 
 
 @dataclass(slots=True)
@@ -215,7 +189,7 @@ def serve_extender(
         epc=EpcSettings(resources=scenario.epc_resources, headroom=scenario.headroom),
         extender=replace(ExtenderSettings(), strategy=strategy, prefix=parts.path.rstrip("/")),
     )
-    app = create_app(config, SimulatedState(snapshot))
+    app = create_app(config, SnapshotState(snapshot, source="simulation"))
     loop = asyncio.new_event_loop()
     started = threading.Event()
     stopping: asyncio.Event | None = None

@@ -387,7 +387,8 @@ class Store:
         return final
 
     def _check_version(self, resource: Resource, old: Obj, body: Obj) -> None:
-        wanted = (body.get("metadata") or {}).get("resourceVersion")
+        metadata = body.get("metadata")
+        wanted = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
         if wanted and str(wanted) != old["metadata"]["resourceVersion"]:
             group = resource.plural if not resource.group else f"{resource.plural}.{resource.group}"
             name = old["metadata"]["name"]
@@ -650,7 +651,12 @@ class Store:
         return scale
 
     def set_scale(self, resource: Resource, namespace: str | None, name: str, scale: Obj) -> Obj:
-        replicas = (scale.get("spec") or {}).get("replicas")
+        spec = scale.get("spec")
+        if not isinstance(spec, dict):
+            raise ApiError(
+                422, f"Scale is invalid: spec: Invalid value: {spec!r}: must be an object"
+            )
+        replicas = spec.get("replicas")
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
             raise ApiError(
                 422,

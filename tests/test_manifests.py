@@ -1,15 +1,18 @@
 """The deployment artefacts agree with the code and with each other.
 
-The kustomize builds (`manifests/`, `manifests/monitoring/`, the example overlay) are rendered
-with the real `kubectl kustomize` and read as Kubernetes would read them. The tests protect what
-a broken manifest would only show on a live cluster: the scheduler's extender block matching
-DESIGN.md (node cache, verbs, weight, the EPC names `epcsched.quantity` knows), the embedded
-epcsched configuration loading through `epcsched.config`, the extender's port being the one
-kube-scheduler calls, Services and monitors pointing at ports that exist, RBAC granting each
-program what it does (bind, evict, scale, its own Lease) to the ServiceAccount it runs as, the
-exporter seeing the host's /sys read-only, restricted security settings, the alert rules firing
-(and not firing) under `promtool test rules`, and a Dockerfile whose image runs `epcsched` as a
-non-root user from a build context that `.dockerignore` does not empty.
+The kustomize builds (`manifests/`, `manifests/monitoring/`, the example overlay
+`manifests/examples/clusterapi-pools/`, which adds the autoscaler component) are rendered with
+the real `kubectl kustomize` and read as Kubernetes would read them. The tests protect what a
+broken manifest would only show on a live cluster: the shipped builds running only `epcsched`
+subcommands the CLI registers (so no crash-looping `epcsched autoscaler` before it exists) with
+command lines that parse, the scheduler's extender block matching DESIGN.md (node cache, verbs,
+weight, the EPC names `epcsched.quantity` knows), the embedded epcsched configuration loading
+through `epcsched.config`, the extender's port being the one kube-scheduler calls, Services and
+monitors pointing at ports that exist, RBAC granting each program what it does (bind, evict,
+scale, its own Lease) to the ServiceAccount it runs as, the exporter seeing the host's /sys
+read-only, restricted security settings, the alert rules firing (and not firing) under
+`promtool test rules`, and a Dockerfile whose image runs `epcsched` as a non-root user from a
+build context that `.dockerignore` does not empty.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from epcsched.cli import build_parser
 from epcsched.config import Config, config_from_mapping
 from epcsched.quantity import DEFAULT_EPC_RESOURCES, parse_quantity
 from epcsched.skus import sku_table
@@ -78,6 +82,19 @@ def build(request: pytest.FixtureRequest) -> list[Obj]:
     return request.getfixturevalue(request.param)
 
 
+@pytest.fixture(scope="module", params=["base", "monitoring"])
+def shipped_build(request: pytest.FixtureRequest) -> list[Obj]:
+    """The builds `kubectl apply -k manifests/` and `manifests/monitoring/` deploy."""
+    return request.getfixturevalue(request.param)
+
+
+def registered_commands() -> set[str]:
+    """The subcommands `epcsched` accepts, as its parser registers them."""
+    action = next(a for a in build_parser()._actions if a.dest == "command")
+    assert action.choices
+    return set(action.choices)
+
+
 # ---- helpers over rendered objects ----------------------------------------------------------
 
 
@@ -122,6 +139,16 @@ def epcsched_containers(objs: list[Obj], program: str) -> list[tuple[Obj, Obj]]:
             argv = [*c.get("command", []), *c.get("args", [])]
             if argv[:1] == [program] and "epcsched" in c["image"]:
                 found.append((w, c))
+    return found
+
+
+def epcsched_programs(objs: list[Obj]) -> list[tuple[Obj, Obj, list[str]]]:
+    """(workload, container, argv) for every container of the epcsched image."""
+    found = []
+    for w in workloads(objs):
+        for c in all_containers(pod_spec(w)):
+            if c["image"].rsplit("/", 1)[-1].startswith("epcsched"):
+                found.append((w, c, [*c.get("command", []), *c.get("args", [])]))
     return found
 
 
@@ -468,23 +495,86 @@ def test_example_workload_is_handled_by_epcsched(base: list[Obj]) -> None:
         assert all(parse_quantity(v) > 0 for v in epc.values())
 
 
-@pytest.mark.parametrize("program", ["extender", "autoscaler", "exporter"])
-def test_manifest_command_lines_parse(base: list[Obj], program: str) -> None:
-    """Each `epcsched ...` argv in the manifests is one the CLI accepts."""
-    from epcsched.cli import build_parser
+def test_shipped_builds_run_only_registered_commands(shipped_build: list[Obj]) -> None:
+    """Nothing in `manifests/` or `manifests/monitoring/` runs a subcommand the CLI lacks.
 
+    In particular no `epcsched autoscaler` (nor its ServiceAccount and RBAC) until the CLI
+    registers `autoscaler`; it lives in the opt-in components/autoscaler/ until then.
+    """
+    commands = registered_commands()
+    programs = epcsched_programs(shipped_build)
+    assert programs
+    for w, c, argv in programs:
+        assert argv[:1] and argv[0] in commands, (
+            f"{w['metadata']['name']}/{c['name']} runs `epcsched {' '.join(argv)}`; "
+            f"the CLI has only {sorted(commands)}"
+        )
+    if "autoscaler" not in commands:
+        assert not epcsched_containers(shipped_build, "autoscaler")
+        leftovers = [
+            (o["kind"], o["metadata"]["name"])
+            for o in shipped_build
+            if "autoscaler" in o["metadata"]["name"]
+            or o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "autoscaler"
+        ]
+        assert not leftovers, leftovers
+
+
+def test_manifest_command_lines_parse(shipped_build: list[Obj]) -> None:
+    """Each `epcsched ...` argv in the shipped builds is one the CLI accepts."""
     parser = build_parser()
-    _, container = the_program(base, program)
+    programs = epcsched_programs(shipped_build)
+    assert {"extender", "exporter"} <= {argv[0] for _, _, argv in programs if argv}
+    for _, _, argv in programs:
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"`epcsched {' '.join(argv)}` does not parse")
+
+
+def unhashed(objs: list[Obj]) -> set[tuple[str, str]]:
+    """(kind, name) of each object, generated ConfigMaps without their content hash."""
+    return {
+        (o["kind"], re.sub(r"-[a-z0-9]{10}$", "", o["metadata"]["name"]))
+        if o["kind"] == "ConfigMap"
+        else (o["kind"], o["metadata"]["name"])
+        for o in objs
+    }
+
+
+def test_pool_example_is_base_plus_the_autoscaler_component(
+    base: list[Obj], pools_example: list[Obj]
+) -> None:
+    assert unhashed(base) <= unhashed(pools_example)
+    added = unhashed(pools_example) - unhashed(base)
+    assert added == {
+        (kind, "epcsched-autoscaler")
+        for kind in (
+            "Deployment",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+        )
+    }
+    for o in pools_example:
+        if (o["kind"], o["metadata"]["name"]) in added:
+            labels = o["metadata"].get("labels", {})
+            assert labels.get("app.kubernetes.io/component") == "autoscaler", o["kind"]
+            assert labels.get("app.kubernetes.io/part-of") == "epcsched", o["kind"]
+    workload, container = the_program(pools_example, "autoscaler")
+    assert workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/part-of"] == (
+        "epcsched"
+    )
+    # Only the exporter touches the host.
+    assert not [v for v in pod_spec(workload).get("volumes", []) if "hostPath" in v]
     argv = [*container.get("command", []), *container.get("args", [])]
-    commands = next(
-        a for a in parser._actions if a.dest == "command"
-    ).choices  # the registered subcommands
-    if program not in commands:
-        pytest.xfail(f"the CLI has no `epcsched {program}` yet; the manifests already run it")
-    try:
-        parser.parse_args(argv)
-    except SystemExit:
-        pytest.fail(f"`epcsched {' '.join(argv)}` does not parse")
+    if "autoscaler" in registered_commands():
+        try:
+            build_parser().parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"`epcsched {' '.join(argv)}` does not parse")
 
 
 # ---- the epcsched configuration ------------------------------------------------------------
@@ -529,7 +619,11 @@ def test_configmap_config_loads_and_spells_out_every_setting(base: list[Obj]) ->
 
 def test_every_epcsched_program_reads_the_generated_config(build: list[Obj]) -> None:
     cm = generated_configmap(build, "epcsched-config")
-    for program in ("extender", "autoscaler"):
+    # The autoscaler is in the pool example (its component) only; the_program there is asserted
+    # by test_pool_example_is_base_plus_the_autoscaler_component.
+    present = [p for p in ("extender", "autoscaler") if epcsched_containers(build, p)]
+    assert "extender" in present
+    for program in present:
         workload, container = the_program(build, program)
         path = flag(container, "--config")
         assert path, f"epcsched {program} runs without --config"
@@ -610,7 +704,7 @@ def test_monitors_select_existing_services_and_pod_ports(monitoring: list[Obj]) 
 # ---- RBAC ----------------------------------------------------------------------------------
 
 
-def test_rbac_lets_each_program_do_its_job(base: list[Obj]) -> None:
+def test_rbac_lets_the_extender_do_its_job(base: list[Obj]) -> None:
     extender_sa = service_account(the_program(base, "extender")[0])
     for verb in ("list", "watch"):
         for resource in ("pods", "nodes"):
@@ -618,24 +712,28 @@ def test_rbac_lets_each_program_do_its_job(base: list[Obj]) -> None:
     assert allowed(base, extender_sa, "create", "", "pods/binding")
     assert allowed(base, extender_sa, "create", "", "events")
 
-    autoscaler_sa = service_account(the_program(base, "autoscaler")[0])
+
+def test_rbac_lets_the_autoscaler_do_its_job(pools_example: list[Obj]) -> None:
+    """Against the example overlay: the autoscaler and its RBAC are components/autoscaler/."""
+    objs = pools_example
+    autoscaler_sa = service_account(the_program(objs, "autoscaler")[0])
     for verb in ("get", "list", "watch", "patch"):
         for resource in ("pods", "nodes"):
-            assert allowed(base, autoscaler_sa, verb, "", resource), (verb, resource)
-    assert allowed(base, autoscaler_sa, "create", "", "pods/eviction")
-    assert allowed(base, autoscaler_sa, "update", "cluster.x-k8s.io", "machinedeployments/scale")
-    assert allowed(base, autoscaler_sa, "get", "cluster.x-k8s.io", "machinedeployments/scale")
-    assert allowed(base, autoscaler_sa, "list", "cluster.x-k8s.io", "machinedeployments")
-    assert allowed(base, autoscaler_sa, "patch", "cluster.x-k8s.io", "machines")
+            assert allowed(objs, autoscaler_sa, verb, "", resource), (verb, resource)
+    assert allowed(objs, autoscaler_sa, "create", "", "pods/eviction")
+    assert allowed(objs, autoscaler_sa, "update", "cluster.x-k8s.io", "machinedeployments/scale")
+    assert allowed(objs, autoscaler_sa, "get", "cluster.x-k8s.io", "machinedeployments/scale")
+    assert allowed(objs, autoscaler_sa, "list", "cluster.x-k8s.io", "machinedeployments")
+    assert allowed(objs, autoscaler_sa, "patch", "cluster.x-k8s.io", "machines")
     for verb in ("get", "create", "update"):
         assert allowed(
-            base, autoscaler_sa, verb, "coordination.k8s.io", "leases", namespace=NAMESPACE
+            objs, autoscaler_sa, verb, "coordination.k8s.io", "leases", namespace=NAMESPACE
         )
-        assert allowed(base, autoscaler_sa, verb, "", "configmaps", namespace=NAMESPACE)
+        assert allowed(objs, autoscaler_sa, verb, "", "configmaps", namespace=NAMESPACE)
     # State and Lease stay in epcsched's namespace.
-    assert not allowed(base, autoscaler_sa, "update", "", "configmaps", namespace="default")
+    assert not allowed(objs, autoscaler_sa, "update", "", "configmaps", namespace="default")
     # Scaling goes through the scale subresource, never by editing the MachineDeployment.
-    assert not allowed(base, autoscaler_sa, "update", "cluster.x-k8s.io", "machinedeployments")
+    assert not allowed(objs, autoscaler_sa, "update", "cluster.x-k8s.io", "machinedeployments")
 
 
 def test_exporter_has_no_api_access(base: list[Obj]) -> None:
@@ -686,9 +784,9 @@ def test_exporter_runs_on_sgx_nodes_only(base: list[Obj]) -> None:
     assert set(DEFAULT_EPC_RESOURCES) <= tolerated
 
 
-def test_control_pods_prefer_nodes_without_sgx(base: list[Obj]) -> None:
-    for program in ("extender", "autoscaler"):
-        workload, _ = the_program(base, program)
+def test_control_pods_prefer_nodes_without_sgx(base: list[Obj], pools_example: list[Obj]) -> None:
+    for program, objs in (("extender", base), ("autoscaler", pools_example)):
+        workload, _ = the_program(objs, program)
         preferred = pod_spec(workload)["affinity"]["nodeAffinity"][
             "preferredDuringSchedulingIgnoredDuringExecution"
         ]

@@ -1,15 +1,23 @@
 """The extender's own Prometheus metrics, in a registry per app (no process-wide globals).
 
-Request counters are pre-bound per verb so that counting costs next to nothing on the hot path;
-per-node EPC figures are read from the snapshot at scrape time instead of on every event.
+Requests are counted in plain integers and turned into metric families only when scraped, so
+counting costs next to nothing on the hot path; per-node EPC figures are likewise read from the
+snapshot at scrape time instead of on every event.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from itertools import accumulate
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from epcsched.core.snapshot import ClusterSnapshot
@@ -45,36 +53,51 @@ class NodeEpcCollector(Collector):
         yield requested
 
 
-class ExtenderMetrics:
-    """Counters and latency histograms for each verb, plus the per-node EPC collector."""
+class ExtenderMetrics(Collector):
+    """Request counts and latency histograms per verb, plus the per-node EPC collector.
+
+    Counting happens on every extender call, so it is plain integer arithmetic on the event
+    loop (the only writer); the Prometheus families are built from those counts at scrape time.
+    """
 
     def __init__(
         self, registry: CollectorRegistry, snapshot: Callable[[], ClusterSnapshot]
     ) -> None:
         self.registry = registry
-        self.requests = Counter(
-            "epcsched_extender_requests_total",
-            "Extender requests by verb and HTTP status code.",
-            ["verb", "code"],
-            registry=registry,
-        )
-        self.seconds = Histogram(
-            "epcsched_extender_request_seconds",
-            "Time to answer an extender request, by verb.",
-            ["verb"],
-            buckets=_BUCKETS,
-            registry=registry,
-        )
+        self._requests: dict[tuple[str, int], int] = {}
+        self._buckets: dict[str, list[int]] = {}
+        self._sums: dict[str, float] = {}
+        registry.register(self)
         registry.register(NodeEpcCollector(snapshot))
-        self._counters: dict[tuple[str, int], Counter] = {}
-        self._timers: dict[str, Histogram] = {}
 
     def observe(self, verb: str, code: int, seconds: float) -> None:
-        counter = self._counters.get((verb, code))
-        if counter is None:
-            counter = self._counters[(verb, code)] = self.requests.labels(verb, str(code))
-        timer = self._timers.get(verb)
-        if timer is None:
-            timer = self._timers[verb] = self.seconds.labels(verb)
-        counter.inc()
-        timer.observe(seconds)
+        key = (verb, code)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        buckets = self._buckets.get(verb)
+        if buckets is None:
+            buckets = self._buckets[verb] = [0] * (len(_BUCKETS) + 1)
+            self._sums[verb] = 0.0
+        buckets[bisect_left(_BUCKETS, seconds)] += 1
+        self._sums[verb] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "epcsched_extender_requests",
+            "Extender requests by verb and HTTP status code.",
+            labels=["verb", "code"],
+        )
+        for (verb, code), count in sorted(self._requests.items()):
+            requests.add_metric([verb, str(code)], count)
+        yield requests
+        seconds = HistogramMetricFamily(
+            "epcsched_extender_request_seconds",
+            "Time to answer an extender request, by verb.",
+            labels=["verb"],
+        )
+        for verb, counts in sorted(self._buckets.items()):
+            cumulative = list(accumulate(counts))
+            bounds = [*(str(b) for b in _BUCKETS), "+Inf"]
+            seconds.add_metric(
+                [verb], list(zip(bounds, cumulative, strict=True)), sum_value=self._sums[verb]
+            )
+        yield seconds

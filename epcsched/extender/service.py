@@ -40,6 +40,8 @@ class _NameList:
     generation: int = -1
     slots: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     score_template: _ScoreTemplate | None = None
+    all_pass_reply: bytes | None = None
+    """The filter reply when every listed node passes: the list echoed back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +248,9 @@ class ExtenderService:
             return self._filter_full(snapshot, request, args.nodes_raw)
         masks = fit_masks(snapshot, request, entry.slots)
         if masks.ok.all():
-            return wire.filter_reply_names(entry.raw, {}, {})
+            if entry.all_pass_reply is None:
+                entry.all_pass_reply = wire.filter_reply_names(entry.raw, {}, {})
+            return entry.all_pass_reply
         failed, unresolvable = self._failures(snapshot, request, entry.names, entry.slots, masks)
         names_json = b"[" + b",".join(entry.encoded[masks.ok].tolist()) + b"]"
         return wire.filter_reply_names(names_json, failed, unresolvable)

@@ -77,34 +77,48 @@ def _skip(body: bytes, i: int, step: int) -> int:
     return i
 
 
-def _split_trailing_names(body: bytes) -> tuple[bytes, bytes] | None:
-    """`(rest_of_object, names_array)` when `NodeNames` is the last key and holds an array.
+def _split_trailing_names(body: bytes) -> tuple[dict[str, bytes], bytes] | None:
+    """The other top-level parts, and the raw `NodeNames` array when it is the last key.
 
     kube-scheduler writes `Pod`, `Nodes`, `NodeNames` in that order, so the large list ends the
-    body. Slicing it off avoids scanning tens of kilobytes of names on every request. Any body
-    this does not recognise takes the general path, which decodes everything.
+    body. Slicing it off avoids scanning tens of kilobytes of names on every request. The key is
+    searched from the front (it sits right after the pod); an occurrence counts only if what
+    precedes it closes into a complete JSON object, which no occurrence nested in the pod or in
+    a string does. Any body this does not recognise takes the general path, which decodes it all.
     """
-    key = body.rfind(_NODE_NAMES_KEY)
-    if key < 1:
-        return None
     end = _skip(body, len(body) - 1, -1)
     if end < 0 or body[end] != 0x7D:  # }
         return None
     end = _skip(body, end - 1, -1)
     if end < 0 or body[end] != 0x5D:  # ]
         return None
+    key = body.find(_NODE_NAMES_KEY)
+    while 0 < key < end:
+        found = _names_after(body, key, end)
+        if found is not None:
+            return found
+        key = body.find(_NODE_NAMES_KEY, key + 1)
+    return None
+
+
+def _names_after(body: bytes, key: int, end: int) -> tuple[dict[str, bytes], bytes] | None:
     i = _skip(body, key + len(_NODE_NAMES_KEY), 1)
     if i >= len(body) or body[i] != 0x3A:  # :
         return None
     start = _skip(body, i + 1, 1)
-    if start >= len(body) or body[start] != 0x5B:  # [
+    if start >= end or body[start] != 0x5B:  # [
         return None
     before = _skip(body, key - 1, -1)
-    # A structural key follows `{` or `,`; inside a string its quote would be escaped.
-    if before < 0 or body[before] not in b"{,":
+    # A body that opens with NodeNames is not kube-scheduler's order: read it in full.
+    if before < 0 or body[before] != 0x2C:  # ,
         return None
-    rest = body[:before] + b"}" if body[before] == 0x2C else b"{}"
-    return rest, body[start : end + 1]
+    try:
+        parts = _parts(body[:before] + b"}")
+    except BadRequest:
+        return None
+    if "pod" not in parts:
+        return None
+    return parts, body[start : end + 1]
 
 
 def _parts(body: bytes) -> dict[str, bytes]:
@@ -131,13 +145,8 @@ def split_args(body: bytes, *, fast: bool = True) -> ExtenderArgs:
     """
     trailing = _split_trailing_names(body) if fast else None
     if trailing is not None:
-        rest, names = trailing
-        try:
-            parts = _parts(rest)
-        except BadRequest:
-            parts = _parts(body)
-        else:
-            parts["nodenames"] = names
+        parts, names = trailing
+        parts["nodenames"] = names
     else:
         parts = _parts(body)
     pod_raw = parts.get("pod")

@@ -116,8 +116,6 @@ def _names_after(body: bytes, key: int, end: int) -> tuple[dict[str, bytes], byt
         parts = _parts(body[:before] + b"}")
     except BadRequest:
         return None
-    if "pod" not in parts:
-        return None
     return parts, body[start : end + 1]
 
 
@@ -143,12 +141,19 @@ def split_args(body: bytes, *, fast: bool = True) -> ExtenderArgs:
     With `fast`, a trailing `NodeNames` array is sliced off without being parsed; whoever
     decodes it and finds it is not an array of strings must call again with `fast=False`.
     """
-    trailing = _split_trailing_names(body) if fast else None
-    if trailing is not None:
-        parts, names = trailing
-        parts["nodenames"] = names
-    else:
-        parts = _parts(body)
+    if fast:
+        trailing = _split_trailing_names(body)
+        if trailing is not None:
+            parts, names = trailing
+            parts["nodenames"] = names
+            try:
+                return _args(parts, names_from_tail=True)
+            except BadRequest:
+                pass  # The slice may not be what it seemed: the full decode decides.
+    return _args(_parts(body), names_from_tail=False)
+
+
+def _args(parts: dict[str, bytes], *, names_from_tail: bool) -> ExtenderArgs:
     pod_raw = parts.get("pod")
     if pod_raw is None or pod_raw == NULL:
         raise BadRequest("missing Pod: the request must carry the pod being scheduled")
@@ -162,7 +167,7 @@ def split_args(body: bytes, *, fast: bool = True) -> ExtenderArgs:
         pod_raw=pod_raw,
         node_names_raw=names_raw,
         nodes_raw=nodes_raw,
-        names_from_tail=trailing is not None,
+        names_from_tail=names_from_tail,
     )
 
 

@@ -16,10 +16,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from epcsched.core.snapshot import ACCOUNTING_MODES, Headroom
 from epcsched.quantity import DEFAULT_EPC_RESOURCES, QuantityError, parse_int, parse_quantity
+from epcsched.yamlfile import FileFormatError, load_document
 
 T = typing.TypeVar("T")
 
@@ -387,11 +386,7 @@ def load_config(path: str | Path | None) -> Config:
     if path is None:
         return Config()
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        data = load_document(path)
+    except FileFormatError as exc:
+        raise ConfigError(str(exc)) from None
     return config_from_mapping(data, source=str(path))

@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TextIO
 
 import msgspec
 import numpy as np
-import yaml
 
 from epcsched.cli import CommandError
 from epcsched.config import STRATEGIES, Config, load_config
@@ -24,6 +22,7 @@ from epcsched.core.score import score
 from epcsched.core.snapshot import ClusterSnapshot
 from epcsched.objects import ObjectError, Pod, pod_info
 from epcsched.quantity import format_bytes
+from epcsched.yamlfile import FileFormatError, load_document
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,13 +116,9 @@ def render(rows: list[Row], out: TextIO) -> None:
 
 def load_pod(path: str, config: Config) -> PodRequest:
     try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise CommandError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise CommandError(f"{path}: not valid YAML or JSON: {exc}") from None
+        data = load_document(path)
+    except FileFormatError as exc:
+        raise CommandError(str(exc)) from None
     if not isinstance(data, dict) or data.get("kind", "Pod") != "Pod":
         raise CommandError(f"{path}: expected a Pod object")
     try:

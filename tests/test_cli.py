@@ -69,6 +69,8 @@ def test_explain_accepts_yaml_pods(
         ),
         (json.dumps({"kind": "List", "items": 3}), "items: must be a list"),
         ("- 1\n- 2\n", "items[0]: must be an object"),
+        ('{"kind": "List", "items": [' + "[" * 100000 + "]}", "nested too deeply"),
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
     ],
 )
 def test_invalid_snapshot_names_file_and_field(
@@ -100,6 +102,7 @@ def test_invalid_snapshot_names_file_and_field(
             "autoscaler.nodePools[0].maxSize: must be >= minSize",
         ),
         ("[1, 2]\n", "must be a map"),
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
         ("a: [\n", "not valid YAML"),
     ],
 )

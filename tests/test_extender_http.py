@@ -218,6 +218,12 @@ BAD_BODIES: list[tuple[str, bytes, str]] = [
         b'{"sgx.intel.com/epc": "12x"}}}]}}, "NodeNames": ["sgx-b"]}',
         "invalid quantity '12x'",
     ),
+    ("nested too deeply", b'{"Pod": ' + b"[" * 100000, "malformed JSON"),
+    (
+        "pod nested too deeply",
+        b'{"Pod": {"metadata": ' + b'{"a": ' * 20000 + b"1" + b"}" * 20001 + b', "NodeNames": []}',
+        "nested too deeply",
+    ),
     (
         "quantity of wrong type",
         b'{"Pod": {"spec": {"containers": [{"resources": {"limits": '

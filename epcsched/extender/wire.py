@@ -126,6 +126,8 @@ def _parts(body: bytes) -> dict[str, bytes]:
         raise BadRequest(f"request body must be a JSON object: {_one_line(exc)}") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"malformed JSON: {_one_line(exc)}") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply") from None
     # Go's encoding/json matches keys case-insensitively and the last duplicate wins.
     parts: dict[str, bytes] = {}
     for key, raw in top.items():
@@ -174,14 +176,14 @@ def _args(parts: dict[str, bytes], *, names_from_tail: bool) -> ExtenderArgs:
 def decode_pod(raw: bytes) -> Pod:
     try:
         return _pod_decoder.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise BadRequest(f"Pod: {_one_line(exc)}") from None
 
 
 def decode_node_names(raw: bytes) -> list[str]:
     try:
         return _names_decoder.decode(raw) or []
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise BadRequest(f"NodeNames: {_one_line(exc)}") from None
 
 
@@ -190,7 +192,7 @@ def decode_nodes(raw: bytes) -> tuple[list[str], list[bytes]]:
     try:
         named = _node_names_decoder.decode(raw)
         kept = _raw_nodes_decoder.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise BadRequest(f"Nodes: {_one_line(exc)}") from None
     items = named.items if named is not None and named.items else []
     raws = kept.items if kept is not None and kept.items else []
@@ -210,7 +212,7 @@ def decode_node(raw: bytes, index: int, epc_resources: Mapping[str, int]) -> Nod
     """One Node object of a full-nodes request, for a node the cache has not seen."""
     try:
         return node_info(_node_decoder.decode(raw), epc_resources)
-    except (msgspec.ValidationError, msgspec.DecodeError, ObjectError) as exc:
+    except (msgspec.DecodeError, RecursionError, ObjectError) as exc:
         raise BadRequest(f"Nodes: items[{index}]: {_one_line(exc)}") from None
 
 
@@ -230,6 +232,8 @@ def decode_bind(body: bytes) -> BindArgs:
         raise BadRequest(f"request body must be a JSON object: {_one_line(exc)}") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"malformed JSON: {_one_line(exc)}") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply") from None
     values: dict[str, str] = {}
     for key, raw in top.items():
         try:

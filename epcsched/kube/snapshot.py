@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import yaml
 
 from epcsched.config import Config
 from epcsched.core.snapshot import ClusterSnapshot
 from epcsched.objects import Node, ObjectError, Pod, node_info, pod_info
+from epcsched.yamlfile import FileFormatError, load_documents
 
 
 class SnapshotError(ValueError):
@@ -24,19 +24,9 @@ class SnapshotError(ValueError):
 
 def _documents(path: Path) -> list[Any]:
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SnapshotError(f"{path}: cannot read: {exc.strerror}") from None
-    stripped = raw.lstrip()
-    if stripped.startswith((b"{", b"[")):
-        try:
-            return [msgspec.json.decode(raw)]
-        except msgspec.DecodeError as exc:
-            raise SnapshotError(f"{path}: not valid JSON: {exc}") from None
-    try:
-        return [d for d in yaml.safe_load_all(raw) if d is not None]
-    except yaml.YAMLError as exc:
-        raise SnapshotError(f"{path}: not valid YAML: {exc}") from None
+        return load_documents(path)
+    except FileFormatError as exc:
+        raise SnapshotError(str(exc)) from None
 
 
 def _items(path: Path, documents: Iterable[Any]) -> Iterator[tuple[str, Any]]:

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from epcsched.config import (
     AutoscalerSettings,
     ConfigError,
@@ -28,6 +26,7 @@ from epcsched.model import NodeInfo
 from epcsched.quantity import DEFAULT_EPC_RESOURCES
 from epcsched.simulation.workload import WorkloadSpec, parse_workload
 from epcsched.skus import lookup
+from epcsched.yamlfile import FileFormatError, load_document
 
 #: epcsched's scoring strategies, then the baselines they are compared with.
 POLICIES = ("binpack", "spread", "balanced", "kube-default", "epc-unaware", "cluster-autoscaler")
@@ -362,15 +361,8 @@ def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file; errors start with the file name."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{file}: not UTF-8 text") from None
-    try:
-        data: Any = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "syntax error"
-        raise ConfigError(f"{file}: not valid YAML: {first}") from None
+        data: Any = load_document(file)
+    except FileFormatError as exc:
+        raise ConfigError(str(exc)) from None
     scenario = parse_scenario(data, base=file.parent, source=str(file))
     return replace(scenario, source=str(file))

@@ -203,6 +203,8 @@ async def _body(request: web.Request) -> Any:
         return json.loads(raw)
     except (ValueError, yaml.YAMLError) as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "the request body is nested too deeply") from None
 
 
 async def _object_body(request: web.Request, kind: str) -> Obj:
@@ -757,7 +759,7 @@ async def _fault_endpoint(request: web.Request) -> web.Response:
     action = request.match_info["action"]
     try:
         body = await request.json() if request.can_read_body else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         return _error(ApiError(400, "fault request body is not valid JSON"))
     if not isinstance(body, dict):
         return _error(ApiError(400, "fault request body must be an object"))

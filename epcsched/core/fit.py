@@ -146,3 +146,26 @@ def reasons(snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray) -> 
             parts[i].append(snapshot.pressure[node])
         result.append("; ".join(parts[i]) if parts[i] else "fits")
     return result
+
+
+def fits_after_evicting(
+    snapshot: ClusterSnapshot, request: PodRequest, node: str, victims: list[PodInfo]
+) -> bool:
+    """Whether `request` fits `node` once `victims` are gone (what preemption would achieve).
+
+    The victims' requests are credited as freed EPC, under every accounting mode (an evicted
+    enclave releases its pages). A node under EPC pressure stays out: eviction is no cure for
+    paging that other enclaves cause.
+    """
+    slot = snapshot.slots.get(node)
+    if slot is None or (request.wants_epc and node in snapshot.pressure):
+        return False
+    at = np.array([slot], dtype=np.int64)
+    for name, need in request.epc.items():
+        column = snapshot.epc.get(name)
+        if column is None or not column.has[slot]:
+            return False
+        freed = sum(v.epc.get(name, 0) for v in victims)
+        if int(snapshot.free(name, at)[0]) + freed < need:
+            return False
+    return True

@@ -145,6 +145,9 @@ def create_app(
     app.router.add_post(
         f"{prefix}/prioritize", _extender_verb(ExtenderService.prioritize), name="prioritize"
     )
+    app.router.add_post(
+        f"{prefix}/preempt", _extender_verb(ExtenderService.preempt), name="preempt"
+    )
     app.router.add_get("/healthz", _healthz, name="healthz")
     app.router.add_get("/readyz", _readyz, name="readyz")
     app.router.add_get("/metrics", _metrics, name="metrics")

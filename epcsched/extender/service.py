@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from epcsched.core.fit import FitMasks, PodRequest, fit_masks, reasons
+from epcsched.core.fit import FitMasks, PodRequest, fit_masks, fits_after_evicting, reasons
 from epcsched.core.score import normalise, raw_and_eligible, score
 from epcsched.core.snapshot import ClusterSnapshot, IntArray
 from epcsched.extender import wire
@@ -292,3 +292,39 @@ class ExtenderService:
         if entry.score_template is None:
             entry.score_template = _ScoreTemplate.of(entry.encoded.tolist())
         return entry.score_template.render(scores)
+
+    def preempt(self, body: bytes) -> bytes:
+        """Keep only the nodes where evicting the proposed victims frees enough EPC.
+
+        kube-scheduler proposes victims per node from its own view; a node where they hold too
+        little EPC of the requested name would be preempted for nothing, so it is dropped.
+        """
+        args = wire.decode_preempt(body)
+        snapshot = self._snapshot()
+        request = self.pod_request(args.pod_raw, snapshot)
+        kept: dict[str, dict[str, object]] = {}
+        if args.meta_victims is not None:
+            for node, meta in sorted(args.meta_victims.items()):
+                uids = [p.UID for p in meta.Pods or ()]
+                on_node = {p.uid: p for p in snapshot.pods_on(node)}
+                victims = [on_node[uid] for uid in uids if uid in on_node]
+                if not request.wants_epc or fits_after_evicting(snapshot, request, node, victims):
+                    kept[node] = _meta_victims(uids, meta.NumPDBViolations)
+        else:
+            assert args.victims is not None
+            for node, full in sorted(args.victims.items()):
+                victims = []
+                for i, pod in enumerate(full.Pods or ()):
+                    try:
+                        victims.append(pod_info(pod, snapshot.epc_resources))
+                    except ObjectError as exc:
+                        raise wire.BadRequest(
+                            f"NodeNameToVictims[{node}].Pods[{i}]: {exc}"
+                        ) from None
+                if not request.wants_epc or fits_after_evicting(snapshot, request, node, victims):
+                    kept[node] = _meta_victims([v.uid for v in victims], full.NumPDBViolations)
+        return wire.encode({"NodeNameToMetaVictims": kept})
+
+
+def _meta_victims(uids: list[str], pdb_violations: int) -> dict[str, object]:
+    return {"Pods": [{"UID": uid} for uid in uids], "NumPDBViolations": pdb_violations}

@@ -43,7 +43,6 @@ _pod_decoder = msgspec.json.Decoder(Pod)
 _names_decoder = msgspec.json.Decoder(list[str] | None)
 _node_names_decoder = msgspec.json.Decoder(_NodeNamesList | None)
 _raw_nodes_decoder = msgspec.json.Decoder(_RawNodeList | None)
-_bind_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _str_decoder = msgspec.json.Decoder(str | None)
 
 NULL = b"null"
@@ -119,15 +118,20 @@ def _names_after(body: bytes, key: int, end: int) -> tuple[dict[str, bytes], byt
     return parts, body[start : end + 1]
 
 
-def _parts(body: bytes) -> dict[str, bytes]:
+def _decode_top(body: bytes) -> dict[str, msgspec.Raw]:
+    """The body's top-level keys with their values still raw."""
     try:
-        top = _top_decoder.decode(body)
+        return _top_decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"request body must be a JSON object: {_one_line(exc)}") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"malformed JSON: {_one_line(exc)}") from None
     except RecursionError:
         raise BadRequest("malformed JSON: nested too deeply") from None
+
+
+def _parts(body: bytes) -> dict[str, bytes]:
+    top = _decode_top(body)
     # Go's encoding/json matches keys case-insensitively and the last duplicate wins.
     parts: dict[str, bytes] = {}
     for key, raw in top.items():
@@ -216,6 +220,61 @@ def decode_node(raw: bytes, index: int, epc_resources: Mapping[str, int]) -> Nod
         raise BadRequest(f"Nodes: items[{index}]: {_one_line(exc)}") from None
 
 
+class MetaPod(msgspec.Struct):
+    UID: str = ""
+
+
+class MetaVictims(msgspec.Struct):
+    Pods: list[MetaPod] | None = None
+    NumPDBViolations: int = 0
+
+
+class Victims(msgspec.Struct):
+    Pods: list[Pod] | None = None
+    NumPDBViolations: int = 0
+
+
+_meta_victims_decoder = msgspec.json.Decoder(dict[str, MetaVictims] | None)
+_victims_decoder = msgspec.json.Decoder(dict[str, Victims] | None)
+_PREEMPT_KEYS = {
+    "pod": "pod",
+    "nodenametovictims": "victims",
+    "nodenametometavictims": "meta",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PreemptArgs:
+    """`ExtenderPreemptionArgs`: victims by UID (cache mode) or as whole pods."""
+
+    pod_raw: bytes
+    meta_victims: dict[str, MetaVictims] | None
+    victims: dict[str, Victims] | None
+
+
+def decode_preempt(body: bytes) -> PreemptArgs:
+    top = _decode_top(body)
+    parts: dict[str, bytes] = {}
+    for key, raw in top.items():
+        name = _PREEMPT_KEYS.get(key.lower())
+        if name is not None:
+            parts[name] = bytes(raw)
+    pod_raw = parts.get("pod")
+    if pod_raw is None or pod_raw == NULL:
+        raise BadRequest("missing Pod: the request must carry the pod being scheduled")
+    try:
+        meta = _meta_victims_decoder.decode(parts.get("meta", NULL))
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise BadRequest(f"NodeNameToMetaVictims: {_one_line(exc)}") from None
+    try:
+        victims = _victims_decoder.decode(parts.get("victims", NULL))
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise BadRequest(f"NodeNameToVictims: {_one_line(exc)}") from None
+    if meta is None and victims is None:
+        raise BadRequest("the request has neither NodeNameToMetaVictims nor NodeNameToVictims")
+    return PreemptArgs(pod_raw=pod_raw, meta_victims=meta, victims=victims)
+
+
 @dataclass(frozen=True, slots=True)
 class BindArgs:
     pod_name: str
@@ -226,14 +285,7 @@ class BindArgs:
 
 def decode_bind(body: bytes) -> BindArgs:
     """`ExtenderBindingArgs`: PodName, PodNamespace, PodUID, Node (keys case-insensitive)."""
-    try:
-        top = _bind_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise BadRequest(f"request body must be a JSON object: {_one_line(exc)}") from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"malformed JSON: {_one_line(exc)}") from None
-    except RecursionError:
-        raise BadRequest("malformed JSON: nested too deeply") from None
+    top = _decode_top(body)
     values: dict[str, str] = {}
     for key, raw in top.items():
         try:

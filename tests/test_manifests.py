@@ -363,8 +363,19 @@ def test_scheduler_extender_block_follows_the_design(base: list[Obj]) -> None:
     managed = ext["managedResources"]
     assert sorted(m["name"] for m in managed) == sorted(DEFAULT_EPC_RESOURCES)
     assert all(m["ignoredByScheduler"] is False for m in managed)
+    assert ext["preemptVerb"] == "preempt"
     # With bind off, kube-scheduler binds; an extender bind verb would take that over.
     assert "bindVerb" not in ext
+    # Every verb kube-scheduler will post to is one the extender app serves.
+    from epcsched.config import Config
+    from epcsched.core.snapshot import ClusterSnapshot
+    from epcsched.extender.app import create_app
+    from epcsched.state import SnapshotState
+
+    app = create_app(Config(), SnapshotState(ClusterSnapshot(DEFAULT_EPC_RESOURCES)))
+    served = {r.canonical for r in app.router.resources()}
+    for key in ("filterVerb", "prioritizeVerb", "preemptVerb"):
+        assert "/" + ext[key] in served, key
 
 
 # Field names of kubescheduler.config.k8s.io/v1 (k8s.io/kube-scheduler/config/v1/types.go and

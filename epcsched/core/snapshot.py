@@ -10,6 +10,7 @@ vector operations and never walks the pods.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -24,6 +25,10 @@ BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
 
 ACCOUNTING_MODES = ("requests", "usage", "max")
+
+# Generation and version stamps come from one process-wide sequence, so a cache keyed on a stamp
+# can never mistake one snapshot (or a later incarnation of it) for another.
+_STAMPS = itertools.count(1)
 
 #: Free EPC recorded for a slot that can take no EPC pod at all (no such resource, no node,
 #: EPC pressure); far below any real request, so one comparison rejects it.
@@ -108,10 +113,10 @@ class ClusterSnapshot:
         self.reservations: dict[str, Reservation] = {}
         self.advertisers: dict[str, int] = dict.fromkeys(self.epc_resources, 0)
         """How many nodes advertise each EPC resource name."""
-        self.generation = 0
-        """Bumped whenever the set of nodes changes: caches of name-to-slot lookups key on it."""
-        self.version = 0
-        """Bumped on every change that can alter a decision: derived arrays key on it."""
+        self.generation = next(_STAMPS)
+        """Changes whenever the set of nodes changes: caches of name-to-slot lookups key on it."""
+        self.version = next(_STAMPS)
+        """Changes on every change that can alter a decision: derived arrays key on it."""
         self._views: dict[str, tuple[int, IntArray]] = {}
         self._fractions: dict[str, tuple[int, FloatArray, FloatArray]] = {}
 
@@ -125,7 +130,7 @@ class ClusterSnapshot:
         if mode not in ACCOUNTING_MODES:
             raise ValueError(f"accounting must be one of {ACCOUNTING_MODES}, got {mode!r}")
         self._accounting = mode
-        self.version += 1
+        self.version = next(_STAMPS)
 
     # ----- nodes -------------------------------------------------------------------------
     def _grow(self) -> None:
@@ -153,7 +158,7 @@ class ClusterSnapshot:
         self._size = size
 
     def upsert_node(self, info: NodeInfo) -> None:
-        self.version += 1
+        self.version = next(_STAMPS)
         slot = self.slots.get(info.name)
         if slot is None:
             if not self._free_slots:
@@ -161,7 +166,7 @@ class ClusterSnapshot:
             slot = self._free_slots.pop()
             self.slots[info.name] = slot
             self.slot_names[slot] = info.name
-            self.generation += 1
+            self.generation = next(_STAMPS)
             self.infos[slot] = info
             self._set_capacity(slot, info, sign=1)
             # Pods seen bound to this name before the node itself was seen count from now on.
@@ -194,7 +199,7 @@ class ClusterSnapshot:
         slot = self.slots.pop(name, None)
         if slot is None:
             return
-        self.version += 1
+        self.version = next(_STAMPS)
         self._set_capacity(slot, self.infos[slot], sign=-1)
         for key in [k for k, r in self.reservations.items() if r.node == name]:
             del self.reservations[key]
@@ -210,7 +215,7 @@ class ClusterSnapshot:
         self.infos[slot] = None
         self.slot_names[slot] = None
         self._free_slots.append(slot)
-        self.generation += 1
+        self.generation = next(_STAMPS)
 
     def node(self, name: str) -> NodeInfo | None:
         slot = self.slots.get(name)
@@ -238,7 +243,7 @@ class ClusterSnapshot:
         slot = self.slots.get(node)
         if slot is None:
             return
-        self.version += 1
+        self.version = next(_STAMPS)
         for name, amount in pod.epc.items():
             column = self.epc.get(name)
             if column is not None:
@@ -291,7 +296,7 @@ class ClusterSnapshot:
             raise KeyError(node)
         for name, amount in epc.items():
             self.epc[name].reserved[slot] += amount
-        self.version += 1
+        self.version = next(_STAMPS)
         self.reservations[key] = Reservation(node, dict(epc), expires_at)
 
     def release(self, key: str) -> None:
@@ -303,7 +308,7 @@ class ClusterSnapshot:
             return
         for name, amount in held.epc.items():
             self.epc[name].reserved[slot] -= amount
-        self.version += 1
+        self.version = next(_STAMPS)
 
     def expire_reservations(self, now: float) -> list[str]:
         expired = [k for k, r in self.reservations.items() if r.expires_at <= now]
@@ -315,18 +320,18 @@ class ClusterSnapshot:
         slot = self.slots.get(node)
         if slot is not None:
             self.usage[slot] = -1 if used is None else used
-            self.version += 1
+            self.version = next(_STAMPS)
 
     def clear_usage(self) -> None:
         self.usage[:] = -1
-        self.version += 1
+        self.version = next(_STAMPS)
 
     def set_pressure(self, node: str, reason: str | None) -> None:
         if reason is None:
             self.pressure.pop(node, None)
         else:
             self.pressure[node] = reason
-        self.version += 1
+        self.version = next(_STAMPS)
 
     # ----- derived figures ---------------------------------------------------------------
     def free(self, name: str, slots: IntArray) -> IntArray:

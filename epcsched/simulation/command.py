@@ -68,9 +68,7 @@ def _policies(scenario: Scenario, text: str | None) -> tuple[str, ...]:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: scipy, matplotlib and dask would otherwise load with every subcommand.
-    from epcsched.simulation.bound import lower_bound
-    from epcsched.simulation.report import comparison_table, write_report
-    from epcsched.simulation.sweep import plan_tasks, run_tasks
+    from epcsched.simulation.pipeline import simulate_and_report
     from epcsched.simulation.workload import load_workload
 
     scenario = load_scenario(args.scenario)
@@ -91,14 +89,14 @@ def run(args: argparse.Namespace) -> int:
         print(report.describe())
         if not report.ok:
             return 1
-    tasks = plan_tasks(scenario, policies, workloads={scenario.seed: workload})
-    results = run_tasks(tasks, workers=args.workers, dask_address=args.dask)
-    bound = lower_bound(scenario, workload)
-    written = write_report(out, scenario, results, bound)
-    print(comparison_table(results, bound))
+    outcome = simulate_and_report(
+        scenario, workload, policies, out, workers=args.workers, dask_address=args.dask
+    )
+    bound = outcome.bound
+    print(outcome.table)
     print(
         f"lower bound if no pod waited: {bound.peak_nodes} nodes at peak ({bound.method}), "
         f"{bound.node_hours:.2f} node-hours"
     )
-    print(f"wrote {', '.join(str(p) for p in written)}")
+    print(f"wrote {', '.join(str(p) for p in outcome.written)}")
     return 0

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from epcsched.simulation.bound import lower_bound
-from epcsched.simulation.report import comparison_table, write_report
+from epcsched.simulation.pipeline import simulate_and_report
 from epcsched.simulation.scenario import load_scenario
-from epcsched.simulation.sweep import plan_tasks, run_tasks
 from epcsched.simulation.workload import load_workload
 
 #: The demo scenario, in the source tree beside the package.
@@ -28,15 +26,13 @@ def run_demo(out_dir: Path, *, scenario_path: Path = TINY_SCENARIO) -> None:
     )
     if scenario.description:
         print(scenario.description.strip())
-    tasks = plan_tasks(scenario, scenario.policies, workloads={scenario.seed: workload})
-    results = run_tasks(tasks, progress=False)
-    bound = lower_bound(scenario, workload)
-    written = write_report(out_dir, scenario, results, bound)
-    print(comparison_table(results, bound))
+    outcome = simulate_and_report(scenario, workload, scenario.policies, out_dir, progress=False)
+    bound = outcome.bound
+    print(outcome.table)
     print(
         f"Lower bound on peak nodes if no pod waited: {bound.peak_nodes} "
         f"({'exact, MILP' if bound.method == 'milp' else 'Martello-Toth L2'}), "
         f"at least {bound.node_hours:.2f} node-hours"
     )
-    plots = ", ".join(p.name for p in written if p.suffix == ".png")
+    plots = ", ".join(p.name for p in outcome.written if p.suffix == ".png")
     print(f"Report: {out_dir / 'summary.md'}; plots in {out_dir}: {plots}")

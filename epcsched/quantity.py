@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
 from fractions import Fraction
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
@@ -89,21 +88,6 @@ def ceil_int(value: Fraction) -> int:
 def parse_int(value: str | int | float) -> int:
     """Parse a quantity counted in whole units (bytes, pods), rounding up."""
     return ceil_int(parse_quantity(value))
-
-
-def parse_milli(value: str | int | float) -> int:
-    """Parse a quantity in thousandths (CPU millicores), rounding up like `MilliValue()`."""
-    return ceil_int(parse_quantity(value) * 1000)
-
-
-def epc_bytes(value: str | int | float, unit_bytes: int) -> int:
-    """Bytes of EPC in `value` counts of a resource whose one count is `unit_bytes` bytes."""
-    return ceil_int(parse_quantity(value) * unit_bytes)
-
-
-def epc_unit(name: str, resources: Mapping[str, int]) -> int | None:
-    """Bytes in one count of EPC resource `name`, or None when `name` is not an EPC resource."""
-    return resources.get(name)
 
 
 def format_bytes(count: int) -> str:

@@ -8,14 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from epcsched.objects import epc_of
 from epcsched.quantity import (
     DEFAULT_EPC_RESOURCES,
     MIB,
     QuantityError,
-    epc_bytes,
+    ceil_int,
     format_bytes,
     parse_int,
-    parse_milli,
     parse_quantity,
 )
 
@@ -88,16 +88,21 @@ def test_rejects_non_quantities(value: object) -> None:
 
 def test_rounding_up_like_kubernetes_value() -> None:
     assert parse_int("100m") == 1
-    assert parse_milli("0.1") == 100
-    assert parse_milli("1.0001") == 1001
+    assert ceil_int(parse_quantity("0.1") * 1000) == 100
+    assert ceil_int(parse_quantity("1.0001") * 1000) == 1001
 
 
 def test_epc_units_follow_the_resource_table() -> None:
     assert DEFAULT_EPC_RESOURCES["sgx.intel.com/epc"] == 1
     assert DEFAULT_EPC_RESOURCES["kubernetes.azure.com/sgx_epc_mem_in_MiB"] == MIB
-    assert epc_bytes("64Mi", DEFAULT_EPC_RESOURCES["sgx.intel.com/epc"]) == 64 * MIB
-    assert epc_bytes("98566144", 1) == 98566144
-    assert epc_bytes("168", DEFAULT_EPC_RESOURCES["alibabacloud.com/sgx_epc_MiB"]) == 168 * MIB
+
+    def epc(name: str, text: str) -> dict[str, int]:
+        return epc_of({name: parse_quantity(text)}, DEFAULT_EPC_RESOURCES)
+
+    assert epc("sgx.intel.com/epc", "64Mi") == {"sgx.intel.com/epc": 64 * MIB}
+    assert epc("sgx.intel.com/epc", "98566144") == {"sgx.intel.com/epc": 98566144}
+    assert epc("alibabacloud.com/sgx_epc_MiB", "168") == {"alibabacloud.com/sgx_epc_MiB": 168 * MIB}
+    assert epc("example.com/not-epc", "1") == {}
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,10 @@
 
 Kept apart from aiohttp so the same code is driven by the HTTP app, the benchmark and tests.
 Hot-path choices, all because kube-scheduler waits for every call: the `NodeNames` list is
-almost the same on every request, so its decoding and name-to-slot lookup are cached on its raw
-bytes (and redone only when the node set changes); fit is a handful of array operations; a
-reply where every node passes echoes the request's own list; scores are looked up from
-pre-encoded `{"Host": ..., "Score": n}` fragments.
+almost the same on every request, so its decoding and name-to-slot lookup are cached against
+its raw bytes (the slots redone only when the node set changes); fit is one gather and one
+comparison per requested EPC name; a reply where every node passes echoes the request's own
+list; a prioritize reply is a fixed-width template with the score digits written in.
 """
 
 from __future__ import annotations

@@ -53,12 +53,14 @@ def fit_masks(snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray) -
         unknown = slots < 0
         empty = np.zeros(n, dtype=np.bool_)
         return FitMasks(~unknown, empty, empty.copy(), unknown)
-    ok = np.ones(n, dtype=np.bool_)
+    ok: BoolArray | None = None
     for name, need in request.epc.items():
         if name not in snapshot.epc:
-            ok[:] = False
+            ok = np.zeros(n, dtype=np.bool_)
             break
-        ok &= snapshot.fit_view(name)[slots] >= need
+        fits = snapshot.fit_view(name)[slots] >= need
+        ok = fits if ok is None else ok & fits
+    assert ok is not None  # wants_epc: at least one name
     if ok.all():
         empty = np.zeros(n, dtype=np.bool_)
         return FitMasks(ok, empty, empty.copy(), empty.copy())

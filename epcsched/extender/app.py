@@ -30,41 +30,41 @@ STATE = web.AppKey("state", ClusterState)
 SERVICE = web.AppKey("service", ExtenderService)
 METRICS = web.AppKey("metrics", ExtenderMetrics)
 TELEMETRY = web.AppKey("telemetry", Telemetry)
+PREFIX = web.AppKey("prefix", str)
+"""The URL prefix before each verb, normalised to "" or "/something"."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _JSON = "application/json"
 
 
-def _verb(request: web.Request) -> str:
-    resource = request.match_info.route.resource
-    name = resource.name if resource is not None else None
-    return name or "other"
+def observed(verb: str, handler: Handler) -> Handler:
+    """`handler` counted and timed as `verb`, with any internal fault answered as a 500.
 
+    Only the extender verbs are observed, and in the handler rather than a middleware: a
+    middleware would add its cost to every call kube-scheduler waits for.
+    """
 
-@web.middleware
-async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    metrics = request.app[METRICS]
-    started = time.perf_counter()
-    code = 500
-    try:
-        response = await handler(request)
-        code = response.status
-        return response
-    except web.HTTPException as exc:
-        code = exc.status
-        raise
-    except Exception:
-        log.exception("internal error answering %s %s", request.method, request.path)
+    async def handle(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
         code = 500
-        return web.Response(
-            status=500, body=error_reply("internal error; see the extender log"), content_type=_JSON
-        )
-    finally:
-        metrics.observe(_verb(request), code, time.perf_counter() - started)
+        try:
+            response = await handler(request)
+            code = response.status
+            return response
+        except web.HTTPException as exc:  # 413 from a body over the limit, among others
+            code = exc.status
+            raise
+        except Exception:
+            log.exception("internal error answering %s %s", request.method, request.path)
+            return web.Response(
+                status=500,
+                body=error_reply("internal error; see the extender log"),
+                content_type=_JSON,
+            )
+        finally:
+            request.app[METRICS].observe(verb, code, time.perf_counter() - started)
 
-
-def _bad_request(exc: BadRequest) -> web.Response:
-    return web.Response(status=400, body=error_reply(str(exc)), content_type=_JSON)
+    return handle
 
 
 def _extender_verb(answer: Callable[[ExtenderService, bytes], bytes]) -> Handler:
@@ -73,10 +73,15 @@ def _extender_verb(answer: Callable[[ExtenderService, bytes], bytes]) -> Handler
         try:
             reply = answer(request.app[SERVICE], body)
         except BadRequest as exc:
-            return _bad_request(exc)
+            return web.Response(status=400, body=error_reply(str(exc)), content_type=_JSON)
         return web.Response(body=reply, content_type=_JSON)
 
     return handle
+
+
+def add_verb(app: web.Application, verb: str, handler: Handler) -> None:
+    """Serve `POST {extender.prefix}/{verb}`, observed."""
+    app.router.add_post(f"{app[PREFIX]}/{verb}", observed(verb, handler), name=verb)
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -129,7 +134,7 @@ def create_app(
     """Build the extender app; `state` (and telemetry, when given or when `prometheus.url` is
     set) is started and stopped with it."""
     settings = config.extender
-    app = web.Application(middlewares=[_observe], client_max_size=settings.max_body_bytes)
+    app = web.Application(client_max_size=settings.max_body_bytes)
     app[CONFIG] = config
     app[STATE] = state
     app[SERVICE] = ExtenderService(
@@ -138,16 +143,11 @@ def create_app(
         prefer_non_sgx=settings.prefer_non_sgx,
     )
     app[METRICS] = ExtenderMetrics(registry or CollectorRegistry(), lambda: state.snapshot)
-    prefix = settings.prefix.rstrip("/")
-    if prefix and not prefix.startswith("/"):
-        prefix = "/" + prefix
-    app.router.add_post(f"{prefix}/filter", _extender_verb(ExtenderService.filter), name="filter")
-    app.router.add_post(
-        f"{prefix}/prioritize", _extender_verb(ExtenderService.prioritize), name="prioritize"
-    )
-    app.router.add_post(
-        f"{prefix}/preempt", _extender_verb(ExtenderService.preempt), name="preempt"
-    )
+    prefix = settings.prefix.strip("/")
+    app[PREFIX] = f"/{prefix}" if prefix else ""
+    add_verb(app, "filter", _extender_verb(ExtenderService.filter))
+    add_verb(app, "prioritize", _extender_verb(ExtenderService.prioritize))
+    add_verb(app, "preempt", _extender_verb(ExtenderService.preempt))
     app.router.add_get("/healthz", _healthz, name="healthz")
     app.router.add_get("/readyz", _readyz, name="readyz")
     app.router.add_get("/metrics", _metrics, name="metrics")

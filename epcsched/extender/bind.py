@@ -24,6 +24,7 @@ from aiohttp import web
 from kubernetes_asyncio import client
 
 from epcsched.core.fit import PodRequest, fit_masks, reasons
+from epcsched.extender.app import add_verb
 from epcsched.extender.wire import BadRequest, BindArgs, decode_bind, error_reply
 from epcsched.model import PodInfo
 from epcsched.objects import ObjectError, Pod, pod_info
@@ -244,12 +245,8 @@ async def _run_binder(app: web.Application) -> AsyncIterator[None]:
         await binder.stop()
 
 
-def install(app: web.Application, binder: Binder, *, prefix: str = "") -> None:
-    """Serve `POST {prefix}/bind` from `binder`, started and stopped with the app."""
+def install(app: web.Application, binder: Binder) -> None:
+    """Serve `POST {extender.prefix}/bind` from `binder`, started and stopped with the app."""
     app[BINDER] = binder
-    # The same normalisation as the filter and prioritize routes get.
-    prefix = prefix.rstrip("/")
-    if prefix and not prefix.startswith("/"):
-        prefix = "/" + prefix
-    app.router.add_post(f"{prefix}/bind", handle_bind, name="bind")
+    add_verb(app, "bind", handle_bind)
     app.cleanup_ctx.append(_run_binder)

@@ -132,7 +132,7 @@ def serve(config: Config, state: Any, *, binder: Any = None) -> None:
     if binder is not None:
         from epcsched.extender.bind import install
 
-        install(app, binder, prefix=config.extender.prefix)
+        install(app, binder)
     log = logging.getLogger("epcsched.extender")
     log.info(
         "extender listening on %s:%d (strategy %s)",

@@ -96,15 +96,26 @@ def load(url: str, paths: list[Path], seconds: float, concurrency: int) -> dict[
     return result
 
 
-def drive(port: int, verb: str, paths: list[Path], seconds: float) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def drive(port: int, pid: int, verb: str, paths: list[Path], seconds: float) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}/{verb}"
+    cpu_before = cpu_seconds(pid)
     throughput = load(url, paths, seconds, concurrency=4)
+    cpu_used = cpu_seconds(pid) - cpu_before
     latency = load(url, paths, seconds, concurrency=1)
     return {
         "rps": throughput["rps"],
         "p50_ms": latency["p50_ms"],
         "p99_ms": latency["p99_ms"],
         "serial_rps": latency["rps"],
+        # What the server itself spends per request, whichever side is the bottleneck.
+        "server_cpu_us_per_request": round(cpu_used / throughput["requests"] * 1e6, 1),
+        "server_cpu_busy": round(cpu_used / seconds, 2),
     }
 
 
@@ -222,11 +233,14 @@ def main() -> int:
                 "pods": args.pods,
                 "body_bytes": paths[0].stat().st_size,
             }
-            bare_stats = drive(bare_port, "filter", paths, args.seconds)
+            bare_stats = drive(bare_port, bare.pid, "filter", paths, args.seconds)
             for verb in ("filter", "prioritize"):
-                stats = drive(ext_port, verb, paths, args.seconds)
+                stats = drive(ext_port, extender.pid, verb, paths, args.seconds)
                 stats["bare_rps"] = bare_stats["rps"]
                 stats["ratio_vs_bare"] = round(stats["rps"] / bare_stats["rps"], 3)
+                stats["cpu_ratio_vs_bare"] = round(
+                    bare_stats["server_cpu_us_per_request"] / stats["server_cpu_us_per_request"], 3
+                )
                 result[verb] = stats
             result["bare"] = bare_stats
         finally:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from epcsched.core.fit import PodRequest, fit_masks, reasons
+from epcsched.core.fit import PodRequest, fit_masks, fits_everywhere, reasons
 from epcsched.core.placement import choose_node
 from epcsched.core.score import score
 from epcsched.core.snapshot import ClusterSnapshot
@@ -236,3 +236,21 @@ def test_scores_always_within_range(strategy: str) -> None:
     snap = snapshot_of(*items)
     got = score(snap, request_of(pod("q", "512Mi")), snap.slots_of(snap.node_names()), strategy)
     assert got.dtype.kind == "i" and got.min() >= 0 and got.max() == 10
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.integers(min_value=0, max_value=64), min_size=1, max_size=6),
+    st.lists(st.integers(min_value=-1, max_value=7), max_size=8),
+    st.integers(min_value=0, max_value=80),
+)
+def test_fits_everywhere_agrees_with_the_masks(
+    nodes_mib: list[int], picks: list[int], need_mib: int
+) -> None:
+    snap = ClusterSnapshot(DEFAULT_EPC_RESOURCES)
+    for i, size in enumerate(nodes_mib):
+        snap.upsert_node(NodeInfo(f"n{i}", epc_allocatable={EPC: size * MIB}))
+    names = [f"n{p}" if p >= 0 else "ghost" for p in picks]
+    slots = snap.slots_of(names)
+    for req in (PodRequest(epc={EPC: need_mib * MIB}) if need_mib else PodRequest(), PodRequest()):
+        assert fits_everywhere(snap, req, slots) == bool(fit_masks(snap, req, slots).ok.all())

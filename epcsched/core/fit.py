@@ -46,6 +46,18 @@ class FitMasks:
     """The candidate is not a node epcsched knows."""
 
 
+def fits_everywhere(snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray) -> bool:
+    """Whether `request` fits at every slot: the common case, answered without any masks."""
+    if not request.wants_epc:
+        return bool(slots.shape[0] == 0 or slots.min() >= 0)
+    for name, need in request.epc.items():
+        if name not in snapshot.epc:
+            return bool(slots.shape[0] == 0)
+        if slots.shape[0] and snapshot.fit_view(name)[slots].min() < need:
+            return False
+    return True
+
+
 def fit_masks(snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray) -> FitMasks:
     """Vectorised fit of `request` at each slot (-1 marks a name that is not a known node)."""
     n = slots.shape[0]

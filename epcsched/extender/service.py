@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from epcsched.core.fit import FitMasks, PodRequest, fit_masks, fits_after_evicting, reasons
+from epcsched.core.fit import (
+    FitMasks,
+    PodRequest,
+    fit_masks,
+    fits_after_evicting,
+    fits_everywhere,
+    reasons,
+)
 from epcsched.core.score import normalise, raw_and_eligible, score
 from epcsched.core.snapshot import ClusterSnapshot, IntArray
 from epcsched.extender import wire
@@ -246,11 +253,11 @@ class ExtenderService:
         if entry is None:
             assert args.nodes_raw is not None
             return self._filter_full(snapshot, request, args.nodes_raw)
-        masks = fit_masks(snapshot, request, entry.slots)
-        if masks.ok.all():
+        if fits_everywhere(snapshot, request, entry.slots):
             if entry.all_pass_reply is None:
                 entry.all_pass_reply = wire.filter_reply_names(entry.raw, {}, {})
             return entry.all_pass_reply
+        masks = fit_masks(snapshot, request, entry.slots)
         failed, unresolvable = self._failures(snapshot, request, entry.names, entry.slots, masks)
         names_json = b"[" + b",".join(entry.encoded[masks.ok].tolist()) + b"]"
         return wire.filter_reply_names(names_json, failed, unresolvable)

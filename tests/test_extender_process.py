@@ -103,3 +103,25 @@ def test_replays_real_kube_scheduler_bodies(extender: int) -> None:
     assert (
         status == 200 and b'epcsched_extender_requests_total{code="400",verb="filter"}' in metrics
     )
+
+
+def test_port_in_use_is_one_line_error(extender: int, tmp_path: Path) -> None:
+    (tmp_path / "c.json").write_text(json.dumps(cluster(node("a", "1Gi"))))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "epcsched",
+            "extender",
+            "--snapshot",
+            str(tmp_path / "c.json"),
+            "--port",
+            str(extender),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{extender}" in result.stderr
+    assert "Traceback" not in result.stderr

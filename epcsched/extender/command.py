@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
+import os
 from typing import Any
 
 from epcsched.cli import CommandError
@@ -135,7 +137,7 @@ def serve(config: Config, state: Any, *, binder: Any = None) -> None:
         install(app, binder)
     log = logging.getLogger("epcsched.extender")
     log.info(
-        "extender listening on %s:%d (strategy %s)",
+        "starting the extender on %s:%d (strategy %s)",
         config.extender.host,
         config.extender.port,
         config.extender.strategy,
@@ -146,12 +148,20 @@ def serve(config: Config, state: Any, *, binder: Any = None) -> None:
         loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         loop = asyncio.new_event_loop()
-    web.run_app(
-        app,
-        host=config.extender.host,
-        port=config.extender.port,
-        loop=loop,
-        print=None,
-        access_log=None,
-        handle_signals=True,
-    )
+    try:
+        web.run_app(
+            app,
+            host=config.extender.host,
+            port=config.extender.port,
+            loop=loop,
+            print=None,
+            access_log=None,
+            handle_signals=True,
+        )
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        where = f"{config.extender.host}:{config.extender.port}"
+        raise CommandError(
+            f"--host/--port: cannot listen on {where}: {os.strerror(exc.errno)}"
+        ) from None

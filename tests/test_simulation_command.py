@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -203,6 +204,22 @@ def test_bad_flags_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "cluster-autoscaler needs autoscaling" in capsys.readouterr().err
     assert main(["simulate", str(TINY), "--workers", "0"]) == 2
     assert "--workers" in capsys.readouterr().err
+    assert main(["simulate", str(TINY), "--dask", "nonsense", "--out", str(tmp_path)]) == 2
+    assert "--dask: expected an address" in capsys.readouterr().err
+
+
+def test_unreachable_dask_scheduler_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        port = sock.getsockname()[1]
+    # The port was free a moment ago and nothing listens on it now: connections are refused.
+    argv = ["simulate", str(TINY), "--dask", f"tcp://127.0.0.1:{port}", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--dask: cannot reach the Dask scheduler" in err and "Traceback" not in err
 
 
 def test_the_sku_table_is_bundled_in_the_package() -> None:

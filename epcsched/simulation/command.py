@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from epcsched.cli import CommandError
 from epcsched.simulation.scenario import POLICIES, Scenario, load_scenario
@@ -66,15 +67,32 @@ def _policies(scenario: Scenario, text: str | None) -> tuple[str, ...]:
     return names
 
 
+def _check_dask_address(text: str) -> None:
+    # Refused before a Dask client exists: a client that failed to start warns again at exit.
+    # Only TCP-like addresses are checked; Dask's other transports (inproc, ucx...) pass as given.
+    parsed = urlsplit(text if "://" in text else f"tcp://{text}")
+    if parsed.scheme not in ("tcp", "tls"):
+        return
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if not parsed.hostname or port is None:
+        raise CommandError(f"--dask: expected an address like tcp://host:8786, got {text!r}")
+
+
 def run(args: argparse.Namespace) -> int:
     # Imported here: scipy, matplotlib and dask would otherwise load with every subcommand.
     from epcsched.simulation.pipeline import simulate_and_report
+    from epcsched.simulation.sweep import DaskUnavailable
     from epcsched.simulation.workload import load_workload
 
     scenario = load_scenario(args.scenario)
     policies = _policies(scenario, args.policies)
     if args.workers < 1:
         raise CommandError("--workers: must be at least 1")
+    if args.dask is not None:
+        _check_dask_address(args.dask)
     if args.dask is not None and args.workers > 1:
         raise CommandError("--workers and --dask: choose one")
     out: Path = args.out if args.out is not None else args.scenario.parent / "results"
@@ -89,9 +107,12 @@ def run(args: argparse.Namespace) -> int:
         print(report.describe())
         if not report.ok:
             return 1
-    outcome = simulate_and_report(
-        scenario, workload, policies, out, workers=args.workers, dask_address=args.dask
-    )
+    try:
+        outcome = simulate_and_report(
+            scenario, workload, policies, out, workers=args.workers, dask_address=args.dask
+        )
+    except DaskUnavailable as exc:
+        raise CommandError(f"--dask: {exc}") from None
     bound = outcome.bound
     print(outcome.table)
     print(

@@ -58,6 +58,14 @@ def plan_tasks(
     return tasks
 
 
+#: Seconds to wait for a Dask scheduler before giving up.
+DASK_CONNECT_TIMEOUT = 10
+
+
+class DaskUnavailable(RuntimeError):
+    """The Dask scheduler given with --dask cannot be reached or its address is malformed."""
+
+
 def _progress_enabled() -> bool:
     return sys.stderr.isatty()
 
@@ -81,9 +89,16 @@ def run_tasks(
         if dask_address is not None:
             from distributed import Client
 
-            client = stack.enter_context(
-                Client(dask_address, set_as_default=False)  # type: ignore[no-untyped-call]
-            )
+            try:
+                client = stack.enter_context(
+                    Client(  # type: ignore[no-untyped-call]
+                        dask_address, set_as_default=False, timeout=DASK_CONNECT_TIMEOUT
+                    )
+                )
+            except (OSError, ValueError, TimeoutError) as exc:
+                raise DaskUnavailable(
+                    f"cannot reach the Dask scheduler at {dask_address!r}: {exc}"
+                ) from None
             executor = client.get_executor()
         elif workers > 1 and len(tasks) > 1:
             # forkserver: workers must not be forked from a process that runs threads (tqdm's

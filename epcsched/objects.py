@@ -7,7 +7,7 @@ which is what keeps the extender fast on large bodies.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from functools import lru_cache
 
@@ -154,11 +154,10 @@ def pod_resource_amounts(pod: Pod) -> dict[str, Fraction]:
             requests=_amounts(spec.resources.requests, "spec.resources.requests"),
             limits=_amounts(spec.resources.limits, "spec.resources.limits"),
         ).effective()
+        overhead = _amounts(spec.overhead, "spec.overhead")
         for name in ("cpu", "memory"):
             if name in pod_level:
-                total[name] = pod_level[name] + _amounts(spec.overhead, "spec.overhead").get(
-                    name, Fraction(0)
-                )
+                total[name] = pod_level[name] + overhead.get(name, Fraction(0))
     return total
 
 
@@ -212,24 +211,68 @@ def node_info(node: Node, epc_resources: Mapping[str, int]) -> NodeInfo:
         raise ObjectError("metadata.name: a node needs a name")
     status = node.status or NodeStatus()
     spec = node.spec or NodeSpec()
-    allocatable = _amounts(
-        status.allocatable if status.allocatable is not None else status.capacity,
-        "status.allocatable",
-    )
     ready = (
         any(c.type == "Ready" and c.status == "True" for c in status.conditions or ())
         or not status.conditions
     )
-    return NodeInfo(
-        name=meta.name,
-        epc_allocatable=epc_of(allocatable, epc_resources, keep_zero=True),
-        cpu_milli=_bounded("cpu", ceil_int(allocatable.get("cpu", Fraction(0)) * 1000)),
-        memory=_bounded("memory", ceil_int(allocatable.get("memory", Fraction(0)))),
-        pods=_bounded("pods", ceil_int(allocatable.get("pods", Fraction(110)))),
-        labels=dict(meta.labels or {}),
+    return _node(
+        meta.name,
+        _amounts(
+            status.allocatable if status.allocatable is not None else status.capacity,
+            "status.allocatable",
+        ),
+        epc_resources,
+        labels=meta.labels or {},
         taints=tuple(
             Taint(key=t.key, value=t.value or "", effect=t.effect) for t in spec.taints or ()
         ),
         unschedulable=bool(spec.unschedulable),
+        ready=ready,
+    )
+
+
+def template_node(
+    name: str,
+    resources: Mapping[str, QuantityValue],
+    epc_resources: Mapping[str, int],
+    *,
+    labels: Mapping[str, str] | None = None,
+    taints: Sequence[Mapping[str, str]] = (),
+) -> NodeInfo:
+    """One new node of a pool template, whose `resources` are its allocatable.
+
+    Read exactly as a Node's allocatable is, so a template and the node it becomes agree.
+    """
+    return _node(
+        name,
+        _amounts(dict(resources), "resources"),
+        epc_resources,
+        labels=labels or {},
+        taints=tuple(
+            Taint(key=t.get("key", ""), value=t.get("value", ""), effect=t.get("effect", ""))
+            for t in taints
+        ),
+    )
+
+
+def _node(
+    name: str,
+    allocatable: Mapping[str, Fraction],
+    epc_resources: Mapping[str, int],
+    *,
+    labels: Mapping[str, str],
+    taints: tuple[Taint, ...],
+    unschedulable: bool = False,
+    ready: bool = True,
+) -> NodeInfo:
+    return NodeInfo(
+        name=name,
+        epc_allocatable=epc_of(allocatable, epc_resources, keep_zero=True),
+        cpu_milli=_bounded("cpu", ceil_int(allocatable.get("cpu", Fraction(0)) * 1000)),
+        memory=_bounded("memory", ceil_int(allocatable.get("memory", Fraction(0)))),
+        pods=_bounded("pods", ceil_int(allocatable.get("pods", Fraction(110)))),
+        labels=dict(labels),
+        taints=taints,
+        unschedulable=unschedulable,
         ready=ready,
     )

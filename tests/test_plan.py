@@ -19,10 +19,10 @@ from epcsched.core.plan import (
     PoolState,
     ScaleUp,
     plan,
-    template_node,
 )
 from epcsched.core.snapshot import ClusterSnapshot
 from epcsched.model import NodeInfo, PodInfo
+from epcsched.objects import template_node
 from epcsched.quantity import DEFAULT_EPC_RESOURCES
 from tests.simulation_helpers import EPC, GIB
 

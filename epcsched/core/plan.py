@@ -33,8 +33,7 @@ import numpy as np
 from epcsched.core.fit import PodRequest, fit_masks
 from epcsched.core.placement import choose_node, resources_fit
 from epcsched.core.snapshot import ClusterSnapshot
-from epcsched.model import NodeInfo, PodInfo, Taint
-from epcsched.quantity import QuantityError, ceil_int, parse_quantity
+from epcsched.model import NodeInfo, PodInfo
 
 if TYPE_CHECKING:
     from epcsched.config import AutoscalerSettings
@@ -169,47 +168,6 @@ class Plan:
             "targets": dict(self.targets),
             "unschedulable": list(self.unschedulable),
         }
-
-
-def template_node(
-    name: str,
-    resources: Mapping[str, str | int | float],
-    epc_resources: Mapping[str, int],
-    *,
-    labels: Mapping[str, str] | None = None,
-    taints: Sequence[Mapping[str, str]] = (),
-) -> NodeInfo:
-    """A NodeInfo from a pool template's `resources` (quantities, EPC names in their units)."""
-    epc: dict[str, int] = {}
-    cpu = memory = 0
-    pods = 110
-    for key, value in resources.items():
-        try:
-            amount = parse_quantity(value)
-        except QuantityError as exc:
-            raise ValueError(f"resources.{key}: {exc}") from None
-        if amount < 0:
-            raise ValueError(f"resources.{key}: negative quantity {value!r}")
-        if key in epc_resources:
-            epc[key] = ceil_int(amount * epc_resources[key])
-        elif key == "cpu":
-            cpu = ceil_int(amount * 1000)
-        elif key == "memory":
-            memory = ceil_int(amount)
-        elif key == "pods":
-            pods = ceil_int(amount)
-    return NodeInfo(
-        name=name,
-        epc_allocatable=epc,
-        cpu_milli=cpu,
-        memory=memory,
-        pods=pods,
-        labels=dict(labels or {}),
-        taints=tuple(
-            Taint(key=t.get("key", ""), value=t.get("value", ""), effect=t.get("effect", ""))
-            for t in taints
-        ),
-    )
 
 
 def _view(pod: PodInfo, policy: PlanPolicy) -> PodRequest:

@@ -20,9 +20,9 @@ from epcsched.config import (
     parse_duration,
     parse_headroom,
 )
-from epcsched.core.plan import template_node
 from epcsched.core.snapshot import Headroom
 from epcsched.model import NodeInfo
+from epcsched.objects import template_node
 from epcsched.quantity import DEFAULT_EPC_RESOURCES
 from epcsched.simulation.workload import WorkloadSpec, parse_workload
 from epcsched.skus import lookup

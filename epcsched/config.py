@@ -251,6 +251,14 @@ class AutoscalerSettings:
     scale_down_unneeded_time: float = field(default=600.0, metadata=_parse(parse_duration))
     scale_down_delay_after_add: float = field(default=600.0, metadata=_parse(parse_duration))
     max_node_provision_time: float = field(default=900.0, metadata=_parse(parse_duration))
+    """A node asked for that is not Ready with EPC allocatable by then is given up."""
+    max_pod_eviction_time: float = field(default=120.0, metadata=_parse(parse_duration))
+    """How long scale-down retries evictions refused by a PodDisruptionBudget before it gives
+    the node back (uncordons it)."""
+    batch_idle: float = field(default=1.0, metadata=_parse(parse_duration))
+    """After a new unschedulable EPC pod, wait this long for more before deciding."""
+    batch_max: float = field(default=10.0, metadata=_parse(parse_duration))
+    """Decide at the latest this long after the first unschedulable pod of a burst."""
     backoff: BackoffSettings = field(default_factory=BackoffSettings)
     node_pools: list[NodePoolSettings] = field(default_factory=list)
 

@@ -35,7 +35,6 @@ import msgspec
 import yaml
 from aiohttp import web
 
-from epcsched.testing.patch import PatchError, apply_patch
 from epcsched.testing.selectors import Selector, SelectorError
 from epcsched.testing.store import (
     BY_KIND,
@@ -627,14 +626,8 @@ async def _dispatch(
             return _json(store.set_scale(resource, target.namespace, name, scale))
         if method == "PATCH":
             patch = await _body(request)
-            current = store.scale(resource, target.namespace, name)
-            try:
-                patched = apply_patch(request.headers.get("Content-Type", ""), current, patch)
-            except PatchError as exc:
-                raise ApiError(422, str(exc)) from None
-            if not isinstance(patched, dict):
-                raise ApiError(422, "the patch did not produce a Scale")
-            return _json(store.set_scale(resource, target.namespace, name, patched))
+            content_type = request.headers.get("Content-Type", "")
+            return _json(store.patch_scale(resource, target.namespace, name, content_type, patch))
         raise ApiError(405, f"method {method} is not allowed on scale")
     if method == "GET":
         return _json(store.get(resource, target.namespace, name))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from epcsched.testing.patch import PatchError, apply_patch
+from epcsched.testing.patch import STRATEGIC_MERGE_PATCH, PatchError, apply_patch
 from epcsched.testing.selectors import Selector
 
 Obj = dict[str, Any]
@@ -46,6 +46,9 @@ class Resource:
         "update",
         "watch",
     )
+    custom: bool = False
+    """Served from a CustomResourceDefinition: no strategic merge patch (415), as in
+    apiextensions-apiserver."""
 
     @property
     def api_version(self) -> str:
@@ -81,6 +84,7 @@ RESOURCES: tuple[Resource, ...] = (
         True,
         frozenset({"status", "scale"}),
         "machinedeployment",
+        custom=True,
     ),
     Resource(
         "cluster.x-k8s.io",
@@ -90,6 +94,7 @@ RESOURCES: tuple[Resource, ...] = (
         True,
         frozenset({"status"}),
         "machine",
+        custom=True,
     ),
 )
 
@@ -457,13 +462,7 @@ class Store:
         old = self.objects[resource.key].get(key)
         if old is None:
             raise not_found(resource, name)
-        try:
-            patched = apply_patch(content_type, old, patch)
-        except PatchError as exc:
-            code = 415 if str(exc).startswith("unsupported patch type") else 422
-            raise ApiError(code, str(exc)) from None
-        if not isinstance(patched, dict):
-            raise ApiError(422, "the patch did not produce an object")
+        patched = _patched(resource, content_type, old, patch)
         if not isinstance(patched.get("metadata"), dict):
             raise ApiError(422, f"{resource.kind} is invalid: metadata: Required value")
         self._check_version(resource, old, patched)
@@ -555,17 +554,20 @@ class Store:
         status["conditions"] = conditions
         self._write(pods, key, old, new)
 
-    def _pdb_health(self, pdb: Obj) -> tuple[int, int, int]:
-        """(disruptions allowed, desired healthy, current healthy) computed from the pods.
-
-        This stands in for kube-controller-manager's disruption controller, which the fake does
-        not run, for budgets whose status no controller (or test) has written.
-        """
+    def _disruptions_allowed(self, pdb: Obj) -> int:
         spec = pdb.get("spec") or {}
+        selector_spec = spec.get("selector") or {}
+        labels = selector_spec.get("matchLabels") or {}
+        expressions = selector_spec.get("matchExpressions") or []
         namespace = pdb["metadata"]["namespace"]
-        matching = [
-            p for p in self.items(BY_KIND["Pod"], namespace) if _selects(spec.get("selector"), p)
-        ]
+        matching = []
+        for pod in self.items(BY_KIND["Pod"], namespace):
+            pod_labels = pod["metadata"].get("labels") or {}
+            if not all(pod_labels.get(k) == v for k, v in labels.items()):
+                continue
+            if not all(_expression(e, pod_labels) for e in expressions):
+                continue
+            matching.append(pod)
         healthy = sum(
             1
             for p in matching
@@ -578,37 +580,43 @@ class Store:
         elif spec.get("maxUnavailable") is not None:
             desired = expected - _int_or_percent(spec["maxUnavailable"], expected, round_up=True)
         else:
-            desired = 0
-        return healthy - desired, desired, healthy
+            return healthy
+        return healthy - desired
 
     def evict(self, namespace: str, name: str, eviction: Obj) -> None:
-        """pods/eviction as kube-apiserver serves it: delete the pod unless its budget says no.
-
-        A pod that is Pending, terminal or already being deleted ignores budgets. Otherwise the
-        one PodDisruptionBudget selecting it decides (two are a 500, as in kube-apiserver): no
-        disruption allowed is a 429 whose cause names the budget; an allowed one is taken from
-        the budget's status (and the pod noted in `disruptedPods`) before the pod is deleted.
-        """
+        """pods/eviction: delete the pod unless a PodDisruptionBudget forbids it (429)."""
         pods = BY_KIND["Pod"]
         pod = self.get(pods, namespace, name)
+        pod_labels = pod["metadata"].get("labels") or {}
         phase = (pod.get("status") or {}).get("phase")
-        ignores_budgets = phase in ("Pending", "Succeeded", "Failed") or bool(
-            pod["metadata"].get("deletionTimestamp")
-        )
-        if not ignores_budgets:
-            budgets = [
-                pdb
-                for pdb in self.items(BY_KIND["PodDisruptionBudget"], namespace)
-                if _selects((pdb.get("spec") or {}).get("selector"), pod)
-            ]
-            if len(budgets) > 1:
-                raise ApiError(
-                    500,
-                    "This pod has more than one PodDisruptionBudget, which the eviction "
-                    "subresource does not support.",
-                )
-            if budgets:
-                self._take_disruption(budgets[0], name)
+        # Pods that are not running cannot make a budget worse; the API evicts them freely.
+        if phase == "Running":
+            for pdb in self.items(BY_KIND["PodDisruptionBudget"], namespace):
+                selector_spec = (pdb.get("spec") or {}).get("selector") or {}
+                match_labels = selector_spec.get("matchLabels") or {}
+                expressions = selector_spec.get("matchExpressions") or []
+                if not match_labels and not expressions:
+                    continue
+                if not all(pod_labels.get(k) == v for k, v in match_labels.items()):
+                    continue
+                if not all(_expression(e, pod_labels) for e in expressions):
+                    continue
+                if self._disruptions_allowed(pdb) <= 0:
+                    budget = pdb["metadata"]["name"]
+                    raise ApiError(
+                        429,
+                        "Cannot evict pod as it would violate the pod's disruption budget.",
+                        details={
+                            "causes": [
+                                {
+                                    "reason": "DisruptionBudget",
+                                    "message": f"The disruption budget {budget} needs "
+                                    "more healthy pods to allow this eviction",
+                                }
+                            ]
+                        },
+                        retry_after=10,
+                    )
         options = eviction.get("deleteOptions") or {}
         preconditions = options.get("preconditions") or {}
         self.delete(
@@ -619,50 +627,16 @@ class Store:
             resource_version=preconditions.get("resourceVersion"),
         )
 
-    def _take_disruption(self, pdb: Obj, pod_name: str) -> None:
-        """kube-apiserver's checkAndDecrement on `pdb`, raising the error it would answer."""
-        budget = pdb["metadata"]["name"]
-        status = pdb.get("status") or {}
-        # A status with observedGeneration was written by the disruption controller (in tests,
-        # by the test playing it): use and decrement it exactly as kube-apiserver does.
-        maintained = status.get("observedGeneration") is not None
-        if maintained:
-            if int(status["observedGeneration"]) < int(pdb["metadata"].get("generation", 1)):
-                raise _budget_busy(
-                    f"The disruption budget {budget} is still being processed by the server.",
-                    retry_after=10,
-                )
-            allowed = int(status.get("disruptionsAllowed", 0))
-            desired = int(status.get("desiredHealthy", 0))
-            healthy = int(status.get("currentHealthy", 0))
-        else:
-            allowed, desired, healthy = self._pdb_health(pdb)
-        if maintained and allowed < 0:
-            raise ApiError(
-                403,
-                f'poddisruptionbudgets.policy "{budget}" is forbidden: pdb disruptions allowed '
-                "is negative",
-            )
-        if allowed <= 0:
-            raise _budget_busy(
-                f"The disruption budget {budget} needs {desired} healthy pods and has "
-                f"{healthy} currently"
-            )
-        if not maintained:
-            return
-        resource = BY_KIND["PodDisruptionBudget"]
-        new = copy.deepcopy(pdb)
-        new_status = new.setdefault("status", {})
-        new_status["disruptionsAllowed"] = allowed - 1
-        new_status.setdefault("disruptedPods", {})[pod_name] = _now()
-        key = self._key(resource, pdb["metadata"]["namespace"], budget)
-        self._write(resource, key, pdb, new)
-
     # ----- scale subresource -------------------------------------------------------------
+    # As apiextensions-apiserver serves it for a CRD whose scale subresource reads
+    # `.spec.replicas`, `.status.replicas` and `.status.selector` (Cluster API's
+    # MachineDeployment): an autoscaling/v1 Scale, whose `spec.replicas` is omitted at 0
+    # (omitempty), so a client must read a missing value as 0.
     def scale(self, resource: Resource, namespace: str | None, name: str) -> Obj:
         obj = self.get(resource, namespace, name)
         spec = obj.get("spec") or {}
         status = obj.get("status") or {}
+        replicas = spec.get("replicas", 1)
         scale: Obj = {
             "kind": "Scale",
             "apiVersion": "autoscaling/v1",
@@ -673,7 +647,7 @@ class Store:
                 "resourceVersion": obj["metadata"]["resourceVersion"],
                 "creationTimestamp": obj["metadata"].get("creationTimestamp"),
             },
-            "spec": {"replicas": spec.get("replicas", 1)},
+            "spec": {"replicas": replicas} if replicas else {},
             "status": {"replicas": status.get("replicas", 0)},
         }
         if status.get("selector"):
@@ -681,27 +655,48 @@ class Store:
         return scale
 
     def set_scale(self, resource: Resource, namespace: str | None, name: str, scale: Obj) -> Obj:
+        """PUT .../scale: only `spec.replicas` is written; the same value writes nothing."""
         spec = scale.get("spec")
         if not isinstance(spec, dict):
             raise ApiError(
                 422, f"Scale is invalid: spec: Invalid value: {spec!r}: must be an object"
             )
-        replicas = spec.get("replicas")
+        # A Scale decodes into Go's int32, so a missing replicas is 0: `{"spec": {}}` scales
+        # to zero on a real server too.
+        replicas = spec.get("replicas", 0)
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
             raise ApiError(
                 422,
                 f"Scale is invalid: spec.replicas: Invalid value: {replicas!r}: must be "
                 "greater than or equal to 0",
             )
+        meta = scale.get("metadata")
+        given = meta.get("name") if isinstance(meta, dict) else None
+        if given not in (None, "", name):
+            raise ApiError(
+                400,
+                f"the name of the object ({given}) does not match the name on the URL ({name})",
+            )
         key = self._key(resource, namespace, name)
         old = self.objects[resource.key].get(key)
         if old is None:
             raise not_found(resource, name)
         self._check_version(resource, old, scale)
+        if (old.get("spec") or {}).get("replicas", 1) == replicas:
+            # etcd3's GuaranteedUpdate skips a write that changes nothing: the resourceVersion
+            # stays, and no watch sees an event.
+            return self.scale(resource, namespace, name)
         new = copy.deepcopy(old)
         new.setdefault("spec", {})["replicas"] = replicas
         self._write(resource, key, old, new)
         return self.scale(resource, namespace, name)
+
+    def patch_scale(
+        self, resource: Resource, namespace: str | None, name: str, content_type: str, patch: Any
+    ) -> Obj:
+        """PATCH .../scale: the patch applies to the Scale, then it is written as a PUT."""
+        patched = _patched(resource, content_type, self.scale(resource, namespace, name), patch)
+        return self.set_scale(resource, namespace, name, patched)
 
     def load_many(self, objects: Iterable[Obj]) -> int:
         """Load objects of any known kind (a `kubectl get -o json` List's items); returns count."""
@@ -714,6 +709,25 @@ class Store:
             self.load(resource, obj)
             count += 1
         return count
+
+
+def _patched(resource: Resource, content_type: str, target: Obj, patch: Any) -> Obj:
+    """`target` with `patch` applied; 415 for a media type the resource does not accept."""
+    if resource.custom and content_type.split(";")[0].strip().lower() == STRATEGIC_MERGE_PATCH:
+        raise ApiError(
+            415,
+            "the body of the request was in an unknown format - accepted media types include: "
+            "application/json-patch+json, application/merge-patch+json, "
+            "application/apply-patch+yaml",
+        )
+    try:
+        patched = apply_patch(content_type, target, patch)
+    except PatchError as exc:
+        code = 415 if str(exc).startswith("unsupported patch type") else 422
+        raise ApiError(code, str(exc)) from None
+    if not isinstance(patched, dict):
+        raise ApiError(422, f"the patch did not produce a {target.get('kind', 'object')}")
+    return patched
 
 
 def _expression(expression: Any, labels: Mapping[str, str]) -> bool:
@@ -733,28 +747,3 @@ def _expression(expression: Any, labels: Mapping[str, str]) -> bool:
     if op == "DoesNotExist":
         return key not in labels
     return False
-
-
-def _selects(selector: Any, pod: Obj) -> bool:
-    """Whether a budget's label selector selects `pod`; a missing or empty one selects nothing,
-    as kube-apiserver's eviction handler reads it."""
-    if not isinstance(selector, dict):
-        return False
-    match_labels = selector.get("matchLabels") or {}
-    expressions = selector.get("matchExpressions") or []
-    if not match_labels and not expressions:
-        return False
-    labels = pod["metadata"].get("labels") or {}
-    return all(labels.get(k) == v for k, v in match_labels.items()) and all(
-        _expression(e, labels) for e in expressions
-    )
-
-
-def _budget_busy(cause: str, *, retry_after: int = 10) -> ApiError:
-    """The 429 kube-apiserver answers when a budget forbids an eviction; the cause names it."""
-    return ApiError(
-        429,
-        "Cannot evict pod as it would violate the pod's disruption budget.",
-        details={"causes": [{"reason": "DisruptionBudget", "message": cause}]},
-        retry_after=retry_after,
-    )

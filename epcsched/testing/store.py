@@ -554,20 +554,17 @@ class Store:
         status["conditions"] = conditions
         self._write(pods, key, old, new)
 
-    def _disruptions_allowed(self, pdb: Obj) -> int:
+    def _pdb_health(self, pdb: Obj) -> tuple[int, int, int]:
+        """(disruptions allowed, desired healthy, current healthy) computed from the pods.
+
+        This stands in for kube-controller-manager's disruption controller, which the fake does
+        not run, for budgets whose status no controller (or test) has written.
+        """
         spec = pdb.get("spec") or {}
-        selector_spec = spec.get("selector") or {}
-        labels = selector_spec.get("matchLabels") or {}
-        expressions = selector_spec.get("matchExpressions") or []
         namespace = pdb["metadata"]["namespace"]
-        matching = []
-        for pod in self.items(BY_KIND["Pod"], namespace):
-            pod_labels = pod["metadata"].get("labels") or {}
-            if not all(pod_labels.get(k) == v for k, v in labels.items()):
-                continue
-            if not all(_expression(e, pod_labels) for e in expressions):
-                continue
-            matching.append(pod)
+        matching = [
+            p for p in self.items(BY_KIND["Pod"], namespace) if _selects(spec.get("selector"), p)
+        ]
         healthy = sum(
             1
             for p in matching
@@ -580,43 +577,37 @@ class Store:
         elif spec.get("maxUnavailable") is not None:
             desired = expected - _int_or_percent(spec["maxUnavailable"], expected, round_up=True)
         else:
-            return healthy
-        return healthy - desired
+            desired = 0
+        return healthy - desired, desired, healthy
 
     def evict(self, namespace: str, name: str, eviction: Obj) -> None:
-        """pods/eviction: delete the pod unless a PodDisruptionBudget forbids it (429)."""
+        """pods/eviction as kube-apiserver serves it: delete the pod unless its budget says no.
+
+        A pod that is Pending, terminal or already being deleted ignores budgets. Otherwise the
+        one PodDisruptionBudget selecting it decides (two are a 500, as in kube-apiserver): no
+        disruption allowed is a 429 whose cause names the budget; an allowed one is taken from
+        the budget's status (and the pod noted in `disruptedPods`) before the pod is deleted.
+        """
         pods = BY_KIND["Pod"]
         pod = self.get(pods, namespace, name)
-        pod_labels = pod["metadata"].get("labels") or {}
         phase = (pod.get("status") or {}).get("phase")
-        # Pods that are not running cannot make a budget worse; the API evicts them freely.
-        if phase == "Running":
-            for pdb in self.items(BY_KIND["PodDisruptionBudget"], namespace):
-                selector_spec = (pdb.get("spec") or {}).get("selector") or {}
-                match_labels = selector_spec.get("matchLabels") or {}
-                expressions = selector_spec.get("matchExpressions") or []
-                if not match_labels and not expressions:
-                    continue
-                if not all(pod_labels.get(k) == v for k, v in match_labels.items()):
-                    continue
-                if not all(_expression(e, pod_labels) for e in expressions):
-                    continue
-                if self._disruptions_allowed(pdb) <= 0:
-                    budget = pdb["metadata"]["name"]
-                    raise ApiError(
-                        429,
-                        "Cannot evict pod as it would violate the pod's disruption budget.",
-                        details={
-                            "causes": [
-                                {
-                                    "reason": "DisruptionBudget",
-                                    "message": f"The disruption budget {budget} needs "
-                                    "more healthy pods to allow this eviction",
-                                }
-                            ]
-                        },
-                        retry_after=10,
-                    )
+        ignores_budgets = phase in ("Pending", "Succeeded", "Failed") or bool(
+            pod["metadata"].get("deletionTimestamp")
+        )
+        if not ignores_budgets:
+            budgets = [
+                pdb
+                for pdb in self.items(BY_KIND["PodDisruptionBudget"], namespace)
+                if _selects((pdb.get("spec") or {}).get("selector"), pod)
+            ]
+            if len(budgets) > 1:
+                raise ApiError(
+                    500,
+                    "This pod has more than one PodDisruptionBudget, which the eviction "
+                    "subresource does not support.",
+                )
+            if budgets:
+                self._take_disruption(budgets[0], name)
         options = eviction.get("deleteOptions") or {}
         preconditions = options.get("preconditions") or {}
         self.delete(
@@ -626,6 +617,45 @@ class Store:
             uid=preconditions.get("uid"),
             resource_version=preconditions.get("resourceVersion"),
         )
+
+    def _take_disruption(self, pdb: Obj, pod_name: str) -> None:
+        """kube-apiserver's checkAndDecrement on `pdb`, raising the error it would answer."""
+        budget = pdb["metadata"]["name"]
+        status = pdb.get("status") or {}
+        # A status with observedGeneration was written by the disruption controller (in tests,
+        # by the test playing it): use and decrement it exactly as kube-apiserver does.
+        maintained = status.get("observedGeneration") is not None
+        if maintained:
+            if int(status["observedGeneration"]) < int(pdb["metadata"].get("generation", 1)):
+                raise _budget_busy(
+                    f"The disruption budget {budget} is still being processed by the server.",
+                    retry_after=10,
+                )
+            allowed = int(status.get("disruptionsAllowed", 0))
+            desired = int(status.get("desiredHealthy", 0))
+            healthy = int(status.get("currentHealthy", 0))
+        else:
+            allowed, desired, healthy = self._pdb_health(pdb)
+        if maintained and allowed < 0:
+            raise ApiError(
+                403,
+                f'poddisruptionbudgets.policy "{budget}" is forbidden: pdb disruptions allowed '
+                "is negative",
+            )
+        if allowed <= 0:
+            raise _budget_busy(
+                f"The disruption budget {budget} needs {desired} healthy pods and has "
+                f"{healthy} currently"
+            )
+        if not maintained:
+            return
+        resource = BY_KIND["PodDisruptionBudget"]
+        new = copy.deepcopy(pdb)
+        new_status = new.setdefault("status", {})
+        new_status["disruptionsAllowed"] = allowed - 1
+        new_status.setdefault("disruptedPods", {})[pod_name] = _now()
+        key = self._key(resource, pdb["metadata"]["namespace"], budget)
+        self._write(resource, key, pdb, new)
 
     # ----- scale subresource -------------------------------------------------------------
     # As apiextensions-apiserver serves it for a CRD whose scale subresource reads
@@ -747,3 +777,28 @@ def _expression(expression: Any, labels: Mapping[str, str]) -> bool:
     if op == "DoesNotExist":
         return key not in labels
     return False
+
+
+def _selects(selector: Any, pod: Obj) -> bool:
+    """Whether a budget's label selector selects `pod`; a missing or empty one selects nothing,
+    as kube-apiserver's eviction handler reads it."""
+    if not isinstance(selector, dict):
+        return False
+    match_labels = selector.get("matchLabels") or {}
+    expressions = selector.get("matchExpressions") or []
+    if not match_labels and not expressions:
+        return False
+    labels = pod["metadata"].get("labels") or {}
+    return all(labels.get(k) == v for k, v in match_labels.items()) and all(
+        _expression(e, labels) for e in expressions
+    )
+
+
+def _budget_busy(cause: str, *, retry_after: int = 10) -> ApiError:
+    """The 429 kube-apiserver answers when a budget forbids an eviction; the cause names it."""
+    return ApiError(
+        429,
+        "Cannot evict pod as it would violate the pod's disruption budget.",
+        details={"causes": [{"reason": "DisruptionBudget", "message": cause}]},
+        retry_after=retry_after,
+    )

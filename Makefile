@@ -28,6 +28,7 @@ lint: install-test
 	$(VENV)/bin/ruff check epcsched tests benchmarks simulations
 	$(VENV)/bin/ruff format --check epcsched tests benchmarks simulations
 	$(VENV)/bin/mypy epcsched
+	$(VENV)/bin/hadolint Dockerfile
 
 format: install-test
 	$(VENV)/bin/ruff format epcsched tests benchmarks simulations

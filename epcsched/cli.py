@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # Modules that provide a `register(subparsers)` function, in the order `--help` lists them.
 COMMAND_MODULES = (
     "epcsched.extender.command",
+    "epcsched.autoscaler.command",
     "epcsched.explain",
     "epcsched.exporter.command",
     "epcsched.simulation.command",

@@ -396,6 +396,8 @@ class _PodSink:
                 self.state.snapshot.remove_pod(key)
             else:
                 self.state.snapshot.upsert_pod(info)
+                for listener in self.state.pod_listeners:
+                    listener(info)
         return meta.resourceVersion
 
 
@@ -425,6 +427,9 @@ class InformerState:
         self._tasks: list[asyncio.Task[None]] = []
         self.skipped: dict[str, str] = {}
         """Objects epcsched could not read (bad quantities), by kind/name, with the reason."""
+        self.pod_listeners: list[Callable[[PodInfo], None]] = []
+        """Called with each pod a watch event added or changed (after the snapshot has it):
+        the autoscaler wakes on new unschedulable pods instead of waiting for its interval."""
 
     @property
     def snapshot(self) -> ClusterSnapshot:

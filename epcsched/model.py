@@ -21,6 +21,33 @@ class Taint:
 
 
 @dataclass(frozen=True, slots=True)
+class Toleration:
+    """A pod toleration. `operator` is `Equal` or `Exists`; an empty `effect` matches every effect
+    and an empty `key` (with `Exists`) matches every taint."""
+
+    key: str = ""
+    operator: str = "Equal"
+    value: str = ""
+    effect: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSelectorRequirement:
+    """One expression of a required node affinity term: `In`, `NotIn`, `Exists`, `DoesNotExist`,
+    `Gt` or `Lt` over a node label (or, with `field`, over the node's `metadata.name`)."""
+
+    key: str
+    operator: str
+    values: tuple[str, ...] = ()
+    field: bool = False
+    """A `matchFields` requirement: `key` is `metadata.name` and it reads the node's name."""
+
+
+NodeSelectorTerm = tuple[NodeSelectorRequirement, ...]
+"""Requirements that must all hold (ANDed). A term with none matches no node."""
+
+
+@dataclass(frozen=True, slots=True)
 class NodeInfo:
     """What placement needs to know about one node; EPC in bytes per advertised resource name."""
 
@@ -58,8 +85,17 @@ class PodInfo:
     cpu_milli: int = 0
     memory: int = 0
     node_selector: dict[str, str] = field(default_factory=dict)
+    node_affinity: tuple[NodeSelectorTerm, ...] = ()
+    """Required node affinity terms, ORed; empty means no constraint."""
+    tolerations: tuple[Toleration, ...] = ()
     owner_kind: str | None = None
-    """Kind of the controlling owner (DaemonSet pods are not moved by scale-down)."""
+    """Kind of the controlling owner; None for a pod no controller would recreate."""
+    marked_unschedulable: bool = False
+    """kube-scheduler gave up on it for now: condition PodScheduled=False, reason Unschedulable."""
+    safe_to_evict: bool | None = None
+    """Annotation `cluster-autoscaler.kubernetes.io/safe-to-evict` ("true"/"false"), else None."""
+    mirror: bool = False
+    """A static pod's mirror (annotation `kubernetes.io/config.mirror`): the kubelet owns it."""
 
     @property
     def key(self) -> str:
@@ -73,3 +109,19 @@ class PodInfo:
     @property
     def epc_total(self) -> int:
         return sum(self.epc.values())
+
+    @property
+    def node_bound(self) -> bool:
+        """DaemonSet and mirror pods belong to their node: a drain neither moves them nor is
+        blocked by them."""
+        return self.mirror or self.owner_kind == "DaemonSet"
+
+    @property
+    def blocks_drain(self) -> bool:
+        """Whether this pod keeps its node from being drained (cluster-autoscaler's rule): it is
+        marked not safe to evict, or nothing would recreate it and it is not marked safe."""
+        if self.terminal or self.node_bound:
+            return False
+        if self.safe_to_evict is not None:
+            return not self.safe_to_evict
+        return self.owner_kind is None

@@ -14,7 +14,15 @@ from functools import lru_cache
 import msgspec
 
 from epcsched.core.requests import ContainerRequests, pod_requests
-from epcsched.model import NodeInfo, PodInfo, Taint
+from epcsched.core.rules import NODE_SELECTOR_OPERATORS, TAINT_EFFECTS, parse_int64
+from epcsched.model import (
+    NodeInfo,
+    NodeSelectorRequirement,
+    NodeSelectorTerm,
+    PodInfo,
+    Taint,
+    Toleration,
+)
 from epcsched.quantity import QuantityError, ceil_int, parse_quantity
 
 QuantityValue = str | int | float
@@ -23,6 +31,10 @@ QuantityValue = str | int | float
 # so anything larger is refused rather than allowed to overflow a sum.
 MAX_AMOUNT = 2**53
 ResourceList = dict[str, QuantityValue]
+
+SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
+MIRROR = "kubernetes.io/config.mirror"
+_REQUIRED_TERMS = "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
 
 
 class ObjectError(ValueError):
@@ -41,6 +53,7 @@ class ObjectMeta(msgspec.Struct, omit_defaults=True):
     uid: str | None = None
     resourceVersion: str | None = None
     labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
     ownerReferences: list[OwnerReference] | None = None
     deletionTimestamp: str | None = None
 
@@ -56,17 +69,56 @@ class Container(msgspec.Struct, omit_defaults=True):
     restartPolicy: str | None = None
 
 
+class PodToleration(msgspec.Struct, omit_defaults=True):
+    key: str | None = None
+    operator: str | None = None
+    value: str | None = None
+    effect: str | None = None
+
+
+class SelectorRequirement(msgspec.Struct, omit_defaults=True):
+    key: str = ""
+    operator: str = ""
+    values: list[str] | None = None
+
+
+class SelectorTerm(msgspec.Struct, omit_defaults=True):
+    matchExpressions: list[SelectorRequirement] | None = None
+    matchFields: list[SelectorRequirement] | None = None
+
+
+class NodeSelector(msgspec.Struct, omit_defaults=True):
+    nodeSelectorTerms: list[SelectorTerm] | None = None
+
+
+class NodeAffinity(msgspec.Struct, omit_defaults=True):
+    requiredDuringSchedulingIgnoredDuringExecution: NodeSelector | None = None
+
+
+class Affinity(msgspec.Struct, omit_defaults=True):
+    nodeAffinity: NodeAffinity | None = None
+
+
 class PodSpec(msgspec.Struct, omit_defaults=True):
     nodeName: str | None = None
     containers: list[Container] | None = None
     initContainers: list[Container] | None = None
     overhead: ResourceList | None = None
     nodeSelector: dict[str, str] | None = None
+    affinity: Affinity | None = None
+    tolerations: list[PodToleration] | None = None
     resources: ResourceRequirements | None = None
+
+
+class PodCondition(msgspec.Struct, omit_defaults=True):
+    type: str = ""
+    status: str = ""
+    reason: str | None = None
 
 
 class PodStatus(msgspec.Struct, omit_defaults=True):
     phase: str | None = None
+    conditions: list[PodCondition] | None = None
 
 
 class Pod(msgspec.Struct, omit_defaults=True):
@@ -181,26 +233,105 @@ def epc_of(
     }
 
 
+def _tolerations(tolerations: list[PodToleration] | None) -> tuple[Toleration, ...]:
+    """Tolerations as kube-apiserver validates them; an empty operator means Equal."""
+    result = []
+    for i, t in enumerate(tolerations or ()):
+        where = f"spec.tolerations[{i}]"
+        key, value, effect = t.key or "", t.value or "", t.effect or ""
+        operator = t.operator or "Equal"
+        if operator not in ("Equal", "Exists"):
+            raise ObjectError(f'{where}.operator: unknown operator "{operator}"')
+        if effect and effect not in TAINT_EFFECTS:
+            raise ObjectError(f'{where}.effect: unknown effect "{effect}"')
+        if operator == "Exists" and value:
+            raise ObjectError(f"{where}.value: must be empty when operator is Exists")
+        if not key and operator != "Exists":
+            raise ObjectError(f"{where}.operator: must be Exists when key is empty")
+        result.append(Toleration(key, operator, value, effect))
+    return tuple(result)
+
+
+def _requirement(item: SelectorRequirement, where: str, *, field: bool) -> NodeSelectorRequirement:
+    op, values = item.operator, tuple(item.values or ())
+    if not item.key:
+        raise ObjectError(f"{where}.key: must not be empty")
+    if field:
+        # matchFields may only name the node: metadata.name In/NotIn one name.
+        if item.key != "metadata.name":
+            raise ObjectError(f'{where}.key: unknown field "{item.key}" (only metadata.name)')
+        if op not in ("In", "NotIn"):
+            raise ObjectError(f'{where}.operator: unknown operator "{op}" for matchFields')
+        if len(values) != 1:
+            raise ObjectError(f"{where}.values: must have exactly one value")
+    elif op not in NODE_SELECTOR_OPERATORS:
+        raise ObjectError(f'{where}.operator: unknown operator "{op}"')
+    if op in ("In", "NotIn") and not values:
+        raise ObjectError(f"{where}.values: must be non-empty for {op}")
+    if op in ("Exists", "DoesNotExist") and values:
+        raise ObjectError(f"{where}.values: must be empty for {op}")
+    if op in ("Gt", "Lt") and (len(values) != 1 or parse_int64(values[0]) is None):
+        raise ObjectError(f"{where}.values: {op} needs exactly one integer value")
+    return NodeSelectorRequirement(item.key, op, values, field)
+
+
+def _node_affinity(affinity: Affinity | None) -> tuple[NodeSelectorTerm, ...]:
+    """Required node affinity terms; an absent requirement is no constraint."""
+    node = affinity.nodeAffinity if affinity is not None else None
+    required = node.requiredDuringSchedulingIgnoredDuringExecution if node is not None else None
+    if required is None:
+        return ()
+    terms = required.nodeSelectorTerms or []
+    if not terms:
+        raise ObjectError(f"{_REQUIRED_TERMS}.nodeSelectorTerms: must have at least one term")
+    result = []
+    for i, term in enumerate(terms):
+        where = f"{_REQUIRED_TERMS}.nodeSelectorTerms[{i}]"
+        result.append(
+            tuple(
+                _requirement(r, f"{where}.matchExpressions[{j}]", field=False)
+                for j, r in enumerate(term.matchExpressions or ())
+            )
+            + tuple(
+                _requirement(r, f"{where}.matchFields[{j}]", field=True)
+                for j, r in enumerate(term.matchFields or ())
+            )
+        )
+    return tuple(result)
+
+
 def pod_info(pod: Pod, epc_resources: Mapping[str, int]) -> PodInfo:
     """Reduce a Pod object to what the core needs. Raises ObjectError naming the bad field."""
     meta = pod.metadata or ObjectMeta()
     spec = pod.spec or PodSpec()
+    status = pod.status or PodStatus()
     amounts = pod_resource_amounts(pod)
     owner = next(
         (ref.kind for ref in meta.ownerReferences or () if ref.controller),
         None,
     )
+    annotations = meta.annotations or {}
+    safe = annotations.get(SAFE_TO_EVICT)
     return PodInfo(
         namespace=meta.namespace or "default",
         name=meta.name,
         uid=meta.uid or "",
         node_name=spec.nodeName or None,
-        phase=(pod.status.phase if pod.status and pod.status.phase else "Pending"),
+        phase=status.phase or "Pending",
         epc=epc_of(amounts, epc_resources),
         cpu_milli=_bounded("cpu", ceil_int(amounts.get("cpu", Fraction(0)) * 1000)),
         memory=_bounded("memory", ceil_int(amounts.get("memory", Fraction(0)))),
         node_selector=dict(spec.nodeSelector or {}),
+        node_affinity=_node_affinity(spec.affinity),
+        tolerations=_tolerations(spec.tolerations),
         owner_kind=owner,
+        marked_unschedulable=any(
+            c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
+            for c in status.conditions or ()
+        ),
+        # cluster-autoscaler reads exactly "true" and "false"; anything else is no opinion.
+        safe_to_evict=True if safe == "true" else False if safe == "false" else None,
+        mirror=MIRROR in annotations,
     )
 
 

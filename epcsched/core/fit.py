@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from epcsched.core.rules import NO_CONSTRAINTS, Constraints
 from epcsched.core.snapshot import BoolArray, ClusterSnapshot, IntArray
 from epcsched.model import PodInfo
 from epcsched.quantity import format_bytes
@@ -18,15 +19,22 @@ from epcsched.quantity import format_bytes
 
 @dataclass(frozen=True, slots=True)
 class PodRequest:
-    """What one pod asks of a node: EPC bytes per resource name, CPU and memory."""
+    """What one pod asks of a node: EPC bytes per resource name, CPU and memory, and the
+    pod-and-node rules (selector, affinity, tolerations) that kube-scheduler's filters read."""
 
     epc: dict[str, int] = field(default_factory=dict)
     cpu_milli: int = 0
     memory: int = 0
+    constraints: Constraints = NO_CONSTRAINTS
 
     @classmethod
     def of(cls, pod: PodInfo) -> PodRequest:
-        return cls(epc=dict(pod.epc), cpu_milli=pod.cpu_milli, memory=pod.memory)
+        return cls(
+            epc=dict(pod.epc),
+            cpu_milli=pod.cpu_milli,
+            memory=pod.memory,
+            constraints=Constraints.of(pod),
+        )
 
     @property
     def wants_epc(self) -> bool:

@@ -18,8 +18,15 @@ WORKDIR /src
 # installed here; add build-essential to this stage only if a platform lacks a wheel.
 COPY pyproject.toml README.md ./
 COPY epcsched ./epcsched
-# `epcsched --help` imports every subcommand: a missing dependency fails the build, not the pod.
+# Optional extras (pyproject.toml [project.optional-dependencies]), comma-separated: `aks` adds
+# the Azure SDK that the autoscaler's aks provider needs (manifests/overlays/aks/):
+#   docker build --build-arg EXTRAS=aks -t <registry>/epcsched:<tag>-aks .
+ARG EXTRAS=""
+# `epcsched --help` imports every subcommand: a missing dependency fails the build, not the pod;
+# `pip check` fails it on an extra whose requirements conflict with the rest.
 RUN /opt/epcsched/bin/pip install . \
+    && if [ -n "$EXTRAS" ]; then /opt/epcsched/bin/pip install ".[$EXTRAS]"; fi \
+    && /opt/epcsched/bin/pip check \
     && /opt/epcsched/bin/epcsched --help >/dev/null
 
 FROM ${PYTHON_IMAGE}
@@ -39,7 +46,8 @@ WORKDIR /tmp
 # The program is PID 1, for which the kernel ignores a SIGTERM it does not handle: the extender
 # (aiohttp's run_app) and the exporter handle it; a program that did not would be killed only at
 # the end of the pod's grace period.
-# 8888: extender (filter/prioritize/bind, /healthz, /readyz, /metrics); 9877: node exporter.
-EXPOSE 8888 9877
+# 8888: extender (filter/prioritize/bind, /healthz, /readyz, /metrics); 9877: node exporter;
+# 8085: autoscaler (/healthz, /readyz, /metrics).
+EXPOSE 8888 9877 8085
 ENTRYPOINT ["epcsched"]
 CMD ["--help"]

@@ -1,7 +1,7 @@
 """The deployment artefacts agree with the code and with each other.
 
-The kustomize builds (`manifests/`, `manifests/monitoring/`, the example overlay
-`manifests/examples/clusterapi-pools/`, which adds the autoscaler component) are rendered with
+The kustomize builds (`manifests/`, `manifests/monitoring/`, the overlay
+`manifests/overlays/clusterapi/`, which adds the autoscaler component) are rendered with
 the real `kubectl kustomize` and read as Kubernetes would read them. The tests protect what a
 broken manifest would only show on a live cluster: the shipped builds running only `epcsched`
 subcommands the CLI registers (so no crash-looping `epcsched autoscaler` before it exists) with
@@ -74,7 +74,7 @@ def monitoring() -> list[Obj]:
 
 @pytest.fixture(scope="module")
 def pools_example() -> list[Obj]:
-    return kustomize(MANIFESTS / "examples" / "clusterapi-pools")
+    return kustomize(MANIFESTS / "overlays" / "clusterapi")
 
 
 @pytest.fixture(scope="module", params=["base", "monitoring", "pools_example"])
@@ -293,6 +293,9 @@ def test_every_object_is_well_formed_and_unique(build: list[Obj]) -> None:
         elif key == ("RoleBinding", "kube-system", "epcsched-scheduler-authentication-reader"):
             # Delegated authn reads kube-system/extension-apiserver-authentication.
             assert obj["roleRef"]["name"] == "extension-apiserver-authentication-reader"
+        elif key == ("RoleBinding", "default", "epcsched-autoscaler-clusterapi"):
+            # Cluster API rights hold in the MachineDeployments' namespace only.
+            assert obj["roleRef"]["name"] == "epcsched-autoscaler-clusterapi"
         else:
             assert namespace == NAMESPACE, key
 
@@ -562,13 +565,16 @@ def test_pool_example_is_base_plus_the_autoscaler_component(
         (kind, "epcsched-autoscaler")
         for kind in (
             "Deployment",
+            "PodDisruptionBudget",
+            "Service",
+            "NetworkPolicy",
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
             "Role",
             "RoleBinding",
         )
-    }
+    } | {(kind, "epcsched-autoscaler-clusterapi") for kind in ("ClusterRole", "RoleBinding")}
     for o in pools_example:
         if (o["kind"], o["metadata"]["name"]) in added:
             labels = o["metadata"].get("labels", {})
@@ -725,26 +731,51 @@ def test_rbac_lets_the_extender_do_its_job(base: list[Obj]) -> None:
 
 
 def test_rbac_lets_the_autoscaler_do_its_job(pools_example: list[Obj]) -> None:
-    """Against the example overlay: the autoscaler and its RBAC are components/autoscaler/."""
+    """Against the Cluster API overlay: components/autoscaler/ plus its Cluster API rights."""
     objs = pools_example
     autoscaler_sa = service_account(the_program(objs, "autoscaler")[0])
-    for verb in ("get", "list", "watch", "patch"):
+    for verb in ("get", "list", "watch"):
         for resource in ("pods", "nodes"):
             assert allowed(objs, autoscaler_sa, verb, "", resource), (verb, resource)
+    assert allowed(objs, autoscaler_sa, "patch", "", "nodes")
     assert allowed(objs, autoscaler_sa, "create", "", "pods/eviction")
-    assert allowed(objs, autoscaler_sa, "update", "cluster.x-k8s.io", "machinedeployments/scale")
-    assert allowed(objs, autoscaler_sa, "get", "cluster.x-k8s.io", "machinedeployments/scale")
-    assert allowed(objs, autoscaler_sa, "list", "cluster.x-k8s.io", "machinedeployments")
-    assert allowed(objs, autoscaler_sa, "patch", "cluster.x-k8s.io", "machines")
+    capi = epcsched_config(objs)[1].autoscaler.node_pools[0].clusterapi["namespace"]
+    for verb, resource in (
+        ("update", "machinedeployments/scale"),
+        ("get", "machinedeployments/scale"),
+        ("list", "machinedeployments"),
+        ("patch", "machines"),
+    ):
+        assert allowed(objs, autoscaler_sa, verb, "cluster.x-k8s.io", resource, namespace=capi)
+    # Its own Lease and status ConfigMap by name (create cannot be limited by name).
     for verb in ("get", "create", "update"):
         assert allowed(
-            objs, autoscaler_sa, verb, "coordination.k8s.io", "leases", namespace=NAMESPACE
+            objs,
+            autoscaler_sa,
+            verb,
+            "coordination.k8s.io",
+            "leases",
+            namespace=NAMESPACE,
+            name="epcsched-autoscaler",
         )
-        assert allowed(objs, autoscaler_sa, verb, "", "configmaps", namespace=NAMESPACE)
+        assert allowed(
+            objs,
+            autoscaler_sa,
+            verb,
+            "",
+            "configmaps",
+            namespace=NAMESPACE,
+            name="epcsched-autoscaler-status",
+        )
+    assert not allowed(
+        objs, autoscaler_sa, "get", "", "configmaps", namespace=NAMESPACE, name="epcsched-config"
+    )
     # State and Lease stay in epcsched's namespace.
     assert not allowed(objs, autoscaler_sa, "update", "", "configmaps", namespace="default")
     # Scaling goes through the scale subresource, never by editing the MachineDeployment.
-    assert not allowed(objs, autoscaler_sa, "update", "cluster.x-k8s.io", "machinedeployments")
+    assert not allowed(
+        objs, autoscaler_sa, "update", "cluster.x-k8s.io", "machinedeployments", namespace=capi
+    )
 
 
 def test_exporter_has_no_api_access(base: list[Obj]) -> None:

@@ -18,6 +18,7 @@ from epcsched.core.plan import (
     PlanPolicy,
     PoolState,
     ScaleUp,
+    Unschedulable,
     plan,
 )
 from epcsched.core.snapshot import ClusterSnapshot
@@ -53,6 +54,7 @@ def add_pod(
             epc=epc,
             cpu_milli=cpu,
             memory=GIB // 4,
+            owner_kind="ReplicaSet",
         )
     )
 
@@ -125,7 +127,11 @@ def test_max_size_caps_the_scale_up_and_reports_the_rest() -> None:
         add_pod(snap, f"p{i}", 12)
     result = run(snap, [pool_state(max_size=3)])
     assert result.targets == {"p": 3}
-    assert len(result.unschedulable) == 2
+    # The template could hold them: the pool's size, not the pods, is the limit.
+    assert result.unschedulable == (
+        Unschedulable("default/p3", "pools p at maxSize 3"),
+        Unschedulable("default/p4", "pools p at maxSize 3"),
+    )
 
 
 def test_pods_no_template_can_hold_are_unschedulable() -> None:
@@ -133,7 +139,19 @@ def test_pods_no_template_can_hold_are_unschedulable() -> None:
     add_pod(snap, "huge", 20)
     result = run(snap, [pool_state()])
     assert result.scale_ups == ()
-    assert result.unschedulable == ("default/huge",)
+    assert result.unschedulable == (
+        Unschedulable(
+            "default/huge",
+            "pool p: insufficient sgx.intel.com/epc: requested 20Gi, template has 16Gi",
+        ),
+    )
+    assert result.to_json()["unschedulable"] == [
+        {
+            "namespace": "default",
+            "name": "huge",
+            "reason": "pool p: insufficient sgx.intel.com/epc: requested 20Gi, template has 16Gi",
+        }
+    ]
 
 
 def _two_pools() -> list[PoolState]:
@@ -181,7 +199,13 @@ def test_pods_go_only_to_pools_their_node_selector_matches() -> None:
     result = run(snap, pools, pressure=False)
     assert [(u.pool, u.count) for u in result.scale_ups] == [("big", 1)]
     snap.upsert_pod(PodInfo("default", "lost", epc={EPC: GIB}, node_selector={"zone": "x"}))
-    assert run(snap, pools, pressure=False).unschedulable == ("default/lost",)
+    assert run(snap, pools, pressure=False).unschedulable == (
+        Unschedulable(
+            "default/lost",
+            "pool big: node(s) didn't match Pod's node affinity/selector; "
+            "pool small: node(s) didn't match Pod's node affinity/selector",
+        ),
+    )
 
 
 def test_pressure_grows_by_the_hpa_rule() -> None:

@@ -6,15 +6,22 @@ I/O and never mutates the snapshot it is given. It follows the three rules of DE
 1. Pending pods that no existing (or already requested) node can hold are packed
    first-fit-decreasing onto new nodes of each pool's template, and an expander picks the pool
    (`least-waste` counts EPC, `cheapest`, `priority`). Scale-from-zero uses the template only.
-2. EPC pressure: a pool whose requested EPC is above `target_utilization` of its allocatable
-   grows by the HPA rule `ceil(size * utilization / target)`, outside a `tolerance` dead band.
+2. EPC pressure: a pool whose EPC in use is above `target_utilization` of its allocatable grows
+   by the HPA rule `ceil(size * utilization / target)`, outside a `tolerance` dead band. A node's
+   EPC in use is the larger of requested and measured (when the snapshot counts measured use),
+   and a node under measured pressure counts as full.
 3. Scale-down: a node below `scale_down_utilization` for `scale_down_unneeded_time`, whose pods
    all fit on the remaining nodes, is removed; never in a pool that is growing or grew less than
-   `scale_down_delay_after_add` ago, and never when the removal would itself create pressure.
+   `scale_down_delay_after_add` ago, never a node under pressure or holding a pod that blocks a
+   drain, and never when the removal would itself create pressure.
 
-Sizes are clamped to each pool's `[min_size, max_size]`. Nodes asked for but not yet Ready
-(`in_flight`) count as capacity, so a pending pod does not trigger a second scale-up while its
-node boots. With `epc_aware=False` the same code emulates cluster-autoscaler, which packs and
+Every what-if placement, on live nodes and on template nodes alike, obeys kube-scheduler's rules
+(`core.rules`: nodeSelector, required node affinity, taints, cordons, pod slots, every resource),
+and `Plan.placements` lists them so that they can be checked. A pending pod that no pool can take
+is reported with the reason per pool. Sizes are clamped to each pool's `[min_size, max_size]`;
+a pool that is `blocked` (backed off) is neither grown nor shrunk. Nodes asked for but not yet
+Ready (`in_flight`) count as capacity, so a pending pod does not trigger a second scale-up while
+its node boots. With `epc_aware=False` the same code emulates cluster-autoscaler, which packs and
 measures utilization on CPU and memory only and ignores EPC in its choices.
 """
 
@@ -32,8 +39,10 @@ import numpy as np
 
 from epcsched.core.fit import PodRequest, fit_masks
 from epcsched.core.placement import choose_node, resources_fit
-from epcsched.core.snapshot import ClusterSnapshot
+from epcsched.core.rules import refusal
+from epcsched.core.snapshot import ClusterSnapshot, Headroom
 from epcsched.model import NodeInfo, PodInfo
+from epcsched.quantity import format_bytes
 
 if TYPE_CHECKING:
     from epcsched.config import AutoscalerSettings
@@ -107,6 +116,9 @@ class PoolState:
     """Higher wins under the `priority` expander."""
     last_scale_up: float | None = None
     """When this pool last grew, for `scale_down_delay_after_add`."""
+    blocked: str | None = None
+    """Why this pool may not change now (the live loop's backoff, a change in progress), or None.
+    A blocked pool is neither grown nor shrunk; reports read it after `pool NAME: `."""
 
     @property
     def size(self) -> int:
@@ -143,6 +155,29 @@ class ScaleDown:
 
 
 @dataclass(frozen=True, slots=True)
+class Unschedulable:
+    """A pending pod that no scale-up in this plan will make room for, and why."""
+
+    key: str
+    """`namespace/name`."""
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where the plan expects one pod to run once it is carried out."""
+
+    pod: str
+    """`namespace/name`."""
+    node: str
+    """A node of the snapshot, or a what-if node (a name starting with `~`) of `pool`."""
+    pool: str | None = None
+    """The pool whose template the what-if `node` is; None for a node of the snapshot."""
+    moved_from: str | None = None
+    """For a pod moved off a node that the plan removes: that node."""
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """What to change. Applying it is the caller's job (and it may refuse, e.g. not leader)."""
 
@@ -152,8 +187,12 @@ class Plan:
     """Each pool's size (Ready plus in flight) once the plan is carried out."""
     unneeded_since: dict[str, float]
     """State to pass to the next plan."""
-    unschedulable: tuple[str, ...] = ()
-    """Pending pods that no pool's template can hold, whatever the sizes."""
+    unschedulable: tuple[Unschedulable, ...] = ()
+    """Pending pods this plan finds no node for, each with the reason per pool."""
+    placements: tuple[Placement, ...] = ()
+    """Every what-if placement: pending pods (on live, in-flight and new nodes) in decision
+    order, then the pods of removed nodes in the order they were moved (a pod moved twice
+    appears twice; the last entry is where it ends)."""
 
     def to_json(self) -> dict[str, object]:
         """The plan as `epcsched autoscaler --once --dry-run` prints it."""
@@ -166,14 +205,22 @@ class Plan:
                 {"pool": d.pool, "node": d.node, "reason": d.reason} for d in self.scale_downs
             ],
             "targets": dict(self.targets),
-            "unschedulable": list(self.unschedulable),
+            "unschedulable": [
+                {
+                    "namespace": u.key.partition("/")[0],
+                    "name": u.key.partition("/")[2],
+                    "reason": u.reason,
+                }
+                for u in self.unschedulable
+            ],
         }
 
 
 def _view(pod: PodInfo, policy: PlanPolicy) -> PodRequest:
+    request = PodRequest.of(pod)
     if policy.epc_aware:
-        return PodRequest.of(pod)
-    return PodRequest(cpu_milli=pod.cpu_milli, memory=pod.memory)
+        return request
+    return dataclasses.replace(request, epc={})
 
 
 def _place(snapshot: ClusterSnapshot, pod: PodInfo, request: PodRequest, node: str) -> None:
@@ -208,6 +255,87 @@ class _Option:
         return least_waste
 
 
+class _Templates:
+    """Whether one new node of a pool could hold a request, with the reason when it cannot.
+
+    The verdict is kube-scheduler's filters plus the EPC fit on an empty node of the template,
+    cached per pool and request shape for the length of one plan: pending pods come in a few
+    shapes, and every round of the scale-up loop asks again about the same ones.
+    """
+
+    def __init__(self, headroom: Headroom, epc_resources: Mapping[str, int]) -> None:
+        self._headroom = headroom
+        self._epc_resources = epc_resources
+        self._probes: dict[str, ClusterSnapshot] = {}
+        self._verdicts: dict[tuple[object, ...], str | None] = {}
+
+    def refusal(self, pool: PoolState, request: PodRequest) -> str | None:
+        key = (
+            pool.name,
+            tuple(sorted(request.epc.items())),
+            request.cpu_milli,
+            request.memory,
+            request.constraints,
+        )
+        if key in self._verdicts:
+            return self._verdicts[key]
+        probe = self._probes.get(pool.name)
+        if probe is None:
+            probe = ClusterSnapshot(self._epc_resources, headroom=self._headroom, capacity=1)
+            probe.upsert_node(_new_node(pool, "~probe"))
+            self._probes[pool.name] = probe
+        slots = probe.slots_of(["~probe"])
+        fits = bool((resources_fit(probe, request, slots) & fit_masks(probe, request, slots).ok)[0])
+        verdict = None if fits else self._reason(_new_node(pool, "~probe"), request)
+        self._verdicts[key] = verdict
+        return verdict
+
+    def _reason(self, template: NodeInfo, request: PodRequest) -> str:
+        """Why an empty node of `template` refuses `request`, first failing filter first."""
+        rule = refusal(request.constraints, template)
+        if rule is not None:
+            return rule
+        parts = []
+        for name, need in sorted(request.epc.items()):
+            have = template.epc_allocatable.get(name)
+            if have is None:
+                others = ", ".join(sorted(template.epc_allocatable))
+                parts.append(
+                    f"template does not advertise {name}"
+                    + (f" (it advertises {others})" if others else " (it has no EPC)")
+                )
+                continue
+            kept = self._headroom.of(have)
+            if have - kept < need:
+                parts.append(
+                    f"insufficient {name}: requested {format_bytes(need)}, "
+                    f"template has {format_bytes(have - kept)}"
+                    + (f" after {format_bytes(kept)} headroom" if kept else "")
+                )
+        if request.cpu_milli > template.cpu_milli:
+            parts.append(
+                f"insufficient cpu: requested {_cpu(request.cpu_milli)}, "
+                f"template has {_cpu(template.cpu_milli)}"
+            )
+        if request.memory > template.memory:
+            parts.append(
+                f"insufficient memory: requested {format_bytes(request.memory)}, "
+                f"template has {format_bytes(template.memory)}"
+            )
+        if template.pods < 1:
+            parts.append("Too many pods: the template has no pod slots")
+        return "; ".join(parts) or "the template cannot hold it"
+
+
+def _cpu(milli: int) -> str:
+    return f"{milli // 1000}" if milli % 1000 == 0 else f"{milli}m"
+
+
+def _new_node(pool: PoolState, name: str) -> NodeInfo:
+    """One node of `pool` as it will be once Ready."""
+    return dataclasses.replace(pool.template, name=name, ready=True)
+
+
 def _estimate(
     base: ClusterSnapshot,
     pool: PoolState,
@@ -215,27 +343,24 @@ def _estimate(
     requests: Sequence[PodRequest],
     room: int,
     policy: PlanPolicy,
+    templates: _Templates,
 ) -> _Option | None:
     """First-fit-decreasing of `pods` (already in that order) onto at most `room` new nodes.
 
-    Only pods whose nodeSelector the template's labels satisfy are packed.
+    Only pods that a node of the template admits (every rule, every resource) are packed.
     """
     bins = ClusterSnapshot(base.epc_resources, headroom=base.headroom, capacity=8)
-    probe = ClusterSnapshot(base.epc_resources, headroom=base.headroom, capacity=1)
-    probe.upsert_node(dataclasses.replace(pool.template, name="probe", ready=True))
     helped: list[int] = []
     opened = 0
-    labels = pool.template.labels
     for i, (pod, request) in enumerate(zip(pods, requests, strict=True)):
-        if any(labels.get(key) != value for key, value in pod.node_selector.items()):
-            # A pod that selects other labels would never be scheduled on this pool's nodes.
+        if templates.refusal(pool, request) is not None:
             continue
         node = _fits_first(bins, request)
         if node is None:
-            if opened >= room or _fits_first(probe, request) is None:
+            if opened >= room:
                 continue
             node = f"new-{opened:06d}"
-            bins.upsert_node(dataclasses.replace(pool.template, name=node, ready=True))
+            bins.upsert_node(_new_node(pool, node))
             opened += 1
         _place(bins, pod, request, node)
         helped.append(i)
@@ -268,29 +393,46 @@ def _add_nodes(snapshot: ClusterSnapshot, pool: PoolState, count: int, tag: str)
     for i in range(count):
         # "~" sorts after every real node name, so what-if nodes are chosen last on ties.
         name = f"~{tag}-{pool.name}-{i:06d}"
-        snapshot.upsert_node(dataclasses.replace(pool.template, name=name, ready=True))
+        snapshot.upsert_node(_new_node(pool, name))
         names.append(name)
     return names
 
 
 def _pool_epc(snapshot: ClusterSnapshot, nodes: Sequence[str]) -> tuple[int, int]:
-    """Requested and allocatable EPC bytes over `nodes`, all names together."""
+    """EPC bytes in use and allocatable over `nodes`, all names together.
+
+    In use per node is the larger of requested (plus reserved) and measured, when the snapshot
+    counts measured use (accounting `usage` or `max`; a node without fresh telemetry has none
+    and falls back to requests); a node under measured pressure counts as full.
+    """
     slots = snapshot.slots_of(nodes)
     slots = slots[slots >= 0]
-    requested = allocatable = 0
+    used = np.zeros(slots.shape[0], dtype=np.int64)
+    allocatable = np.zeros(slots.shape[0], dtype=np.int64)
     for column in snapshot.epc.values():
-        requested += int(column.requested[slots].sum() + column.reserved[slots].sum())
-        allocatable += int(column.allocatable[slots].sum())
-    return requested, allocatable
+        used += column.requested[slots] + column.reserved[slots]
+        allocatable += column.allocatable[slots]
+    if snapshot.accounting != "requests":
+        used = np.maximum(used, snapshot.usage[slots])
+    if snapshot.pressure:
+        names = snapshot.slot_names
+        hot = np.fromiter(
+            (names[s] in snapshot.pressure for s in slots.tolist()),
+            dtype=np.bool_,
+            count=slots.shape[0],
+        )
+        used = np.where(hot, allocatable, used)
+    return int(used.sum()), int(allocatable.sum())
 
 
 def node_utilization(snapshot: ClusterSnapshot, node: str, *, epc_aware: bool = True) -> float:
-    """Share of a node in use: EPC requested/allocatable, or max of CPU and memory shares."""
+    """Share of a node in use: EPC in use/allocatable (see `_pool_epc`: the larger of requested
+    and measured, 1.0 under pressure), or the max of CPU and memory shares."""
     slot = snapshot.slots[node]
     if epc_aware:
-        requested, allocatable = _pool_epc(snapshot, [node])
+        used, allocatable = _pool_epc(snapshot, [node])
         if allocatable > 0:
-            return requested / allocatable
+            return used / allocatable
     shares = [0.0]
     if snapshot.cpu_allocatable[slot] > 0:
         shares.append(int(snapshot.cpu_requested[slot]) / int(snapshot.cpu_allocatable[slot]))
@@ -309,6 +451,8 @@ def plan(inp: PlanInput) -> Plan:
     pools = sorted(inp.pools, key=lambda p: p.name)
     added: dict[str, int] = dict.fromkeys((p.name for p in pools), 0)
     ups: list[ScaleUp] = []
+    placements: list[Placement] = []
+    templates = _Templates(inp.snapshot.headroom, inp.snapshot.epc_resources)
 
     pending = sorted(
         (
@@ -318,16 +462,22 @@ def plan(inp: PlanInput) -> Plan:
         ),
         key=lambda p: (-p.epc_total, -p.cpu_milli, -p.memory, p.key),
     )
-    unschedulable: list[str] = []
+    unschedulable: list[Unschedulable] = []
+    # Pending pods the plan expects on nodes of the snapshot: a drain must leave them room.
+    settled: list[tuple[PodInfo, PodRequest, str]] = []
     # Without pending pods nothing is placed, and the pressure rule reads the snapshot itself.
     view = inp.snapshot
     pool_nodes: dict[str, list[str]] = {p.name: list(p.nodes) for p in pools}
+    # The pool of each what-if node (in flight or new) on the fork.
+    whatif: dict[str, str] = {}
     if pending:
         fork = view = _fork(inp.snapshot)
         for pool in pools:
-            pool_nodes[pool.name] += _add_nodes(fork, pool, pool.in_flight, "inflight")
+            names = _add_nodes(fork, pool, pool.in_flight, "inflight")
+            pool_nodes[pool.name] += names
+            whatif.update(dict.fromkeys(names, pool.name))
         needs: list[PodInfo] = []
-        inflight = [n for names in pool_nodes.values() for n in names if n[:1] == "~"]
+        inflight = sorted(whatif)
         for pod in pending:
             request = _view(pod, policy)
             if policy.epc_aware:
@@ -338,20 +488,26 @@ def plan(inp: PlanInput) -> Plan:
                 node = _first_of(fork, request, inflight)
             if node is None:
                 needs.append(pod)
-            else:
-                _place(fork, pod, request, node)
+                continue
+            _place(fork, pod, request, node)
+            placements.append(Placement(pod.key, node, whatif.get(node)))
+            if node not in whatif:
+                settled.append((pod, request, node))
         while needs:
             requests = [_view(p, policy) for p in needs]
             options = []
             for pool in pools:
                 room = pool.max_size - pool.size - added[pool.name]
-                if room <= 0:
+                if room <= 0 or pool.blocked is not None:
                     continue
-                option = _estimate(fork, pool, needs, requests, room, policy)
+                option = _estimate(fork, pool, needs, requests, room, policy, templates)
                 if option is not None:
                     options.append(option)
             if not options:
-                unschedulable = [p.key for p in needs]
+                unschedulable = [
+                    Unschedulable(p.key, _why_unschedulable(r, pools, added, templates))
+                    for p, r in zip(needs, requests, strict=True)
+                ]
                 break
             best = min(options, key=lambda o: o.key(policy.expander))
             count = best.nodes
@@ -360,11 +516,13 @@ def plan(inp: PlanInput) -> Plan:
             ups.append(ScaleUp(best.pool.name, count, "pending", tuple(p.key for p in helped)))
             new = _add_nodes(fork, best.pool, count, f"new{len(ups)}")
             pool_nodes[best.pool.name] += new
+            whatif.update(dict.fromkeys(new, best.pool.name))
             for i, pod in zip(best.helped, helped, strict=True):
                 request = requests[i]
                 node = _first_of(fork, request, new)
                 if node is not None:
                     _place(fork, pod, request, node)
+                    placements.append(Placement(pod.key, node, best.pool.name))
             chosen = set(best.helped)
             needs = [p for i, p in enumerate(needs) if i not in chosen]
 
@@ -372,15 +530,17 @@ def plan(inp: PlanInput) -> Plan:
         for pool in pools:
             size = pool.size + added[pool.name]
             room = pool.max_size - size
-            if size == 0 or room <= 0 or not pool.template.epc_allocatable:
+            if size == 0 or room <= 0 or pool.blocked is not None:
                 continue
-            requested, allocatable = _pool_epc(view, pool_nodes[pool.name])
+            if not pool.template.epc_allocatable:
+                continue
+            used, allocatable = _pool_epc(view, pool_nodes[pool.name])
             if view is inp.snapshot:
                 # Nodes still booting add their template's EPC and hold nothing yet.
                 allocatable += pool.in_flight * pool.template.epc_total
             if allocatable == 0:
                 continue
-            ratio = _ratio(requested, allocatable, policy.target_utilization)
+            ratio = _ratio(used, allocatable, policy.target_utilization)
             if ratio <= 1 + Fraction(repr(policy.tolerance)):
                 continue
             extra = min(math.ceil(size * ratio) - size, room)
@@ -390,15 +550,45 @@ def plan(inp: PlanInput) -> Plan:
 
     for pool in pools:
         short = pool.min_size - pool.size - added[pool.name]
-        if short > 0:
+        if short > 0 and pool.blocked is None:
             added[pool.name] += short
             ups.append(ScaleUp(pool.name, short, "min-size"))
 
-    downs, unneeded = _scale_down(inp, pools, added)
+    downs, unneeded, moves = _scale_down(inp, pools, added, settled)
+    placements += moves
     targets = {
         p.name: p.size + added[p.name] - sum(1 for d in downs if d.pool == p.name) for p in pools
     }
-    return Plan(tuple(ups), tuple(downs), targets, unneeded, tuple(unschedulable))
+    return Plan(
+        tuple(ups), tuple(downs), targets, unneeded, tuple(unschedulable), tuple(placements)
+    )
+
+
+def _why_unschedulable(
+    request: PodRequest,
+    pools: Sequence[PoolState],
+    added: Mapping[str, int],
+    templates: _Templates,
+) -> str:
+    """Why no pool grows for a pod: the pools that could hold it but may not grow, or else
+    which rule each pool's template fails."""
+    refused: list[str] = []
+    blocked: list[str] = []
+    full: list[str] = []
+    for pool in pools:
+        why = templates.refusal(pool, request)
+        if why is not None:
+            refused.append(f"pool {pool.name}: {why}")
+        elif pool.blocked is not None:
+            blocked.append(f"pool {pool.name}: {pool.blocked}")
+        elif pool.size + added[pool.name] >= pool.max_size:
+            full.append(f"{pool.name} at maxSize {pool.max_size}")
+        else:
+            # The loop stops only when no pool can help; kept so a reason is never empty.
+            full.append(f"{pool.name} has no room left in this plan")
+    if blocked or full:
+        return "; ".join(blocked + ([f"pools {', '.join(full)}"] if full else []))
+    return "; ".join(refused) or "no node pool is configured"
 
 
 def _fork(snapshot: ClusterSnapshot) -> ClusterSnapshot:
@@ -427,8 +617,11 @@ def _first_of(snapshot: ClusterSnapshot, request: PodRequest, nodes: Sequence[st
 
 
 def _scale_down(
-    inp: PlanInput, pools: Sequence[PoolState], added: Mapping[str, int]
-) -> tuple[list[ScaleDown], dict[str, float]]:
+    inp: PlanInput,
+    pools: Sequence[PoolState],
+    added: Mapping[str, int],
+    settled: Sequence[tuple[PodInfo, PodRequest, str]],
+) -> tuple[list[ScaleDown], dict[str, float], list[Placement]]:
     policy = inp.policy
     snapshot = inp.snapshot
     unneeded: dict[str, float] = {}
@@ -437,8 +630,13 @@ def _scale_down(
         for node in pool.nodes:
             if node not in snapshot.slots:
                 continue
+            if policy.epc_aware and node in snapshot.pressure:
+                # A node that pages counts as full, whatever its requests say.
+                continue
             use = node_utilization(snapshot, node, epc_aware=policy.epc_aware)
             if use >= policy.scale_down_utilization:
+                continue
+            if any(p.blocks_drain for p in snapshot.pods_on(node)):
                 continue
             since = inp.unneeded_since.get(node, inp.now)
             unneeded[node] = since
@@ -446,29 +644,30 @@ def _scale_down(
                 candidates.append((use, since, node, pool))
     if not candidates or any(added.values()):
         # A plan that grows the cluster removes nothing (cluster-autoscaler does the same).
-        return [], unneeded
+        return [], unneeded, []
+    pool_of = {node: pool for pool in pools for node in pool.nodes}
     downs: list[ScaleDown] = []
+    moves: list[Placement] = []
     removed: dict[str, int] = {}
     fork = _fork(snapshot)
+    for pod, request, node in settled:
+        _place(fork, pod, request, node)
     for use, _since, node, pool in sorted(candidates, key=lambda c: (c[0], c[1], c[2])):
         last = pool.last_scale_up
         if last is not None and inp.now - last < policy.scale_down_delay_after_add:
             continue
-        if pool.size - removed.get(pool.name, 0) <= pool.min_size:
+        if pool.blocked is not None or pool.size - removed.get(pool.name, 0) <= pool.min_size:
             continue
-        if not _drain(fork, node, policy):
+        drained = _drain(fork, node, policy)
+        if drained is None:
             continue
-        if policy.epc_aware and policy.pressure and pool.template.epc_allocatable:
-            rest = [n for n in pool.nodes if n in fork.slots]
-            requested, allocatable = _pool_epc(fork, rest)
-            if allocatable and _ratio(requested, allocatable, policy.target_utilization) > 1:
-                # Removing it would push the pool over target and the next plan would grow it.
-                fork = _fork(snapshot)
-                for d in downs:
-                    _drain(fork, d.node, policy)
-                continue
+        if _overloads(fork, {pool.name: pool} | _receivers(drained.moved, pool_of), policy):
+            # Removing it would push a pool over target and the next plan would grow it.
+            drained.undo(fork)
+            continue
         removed[pool.name] = removed.get(pool.name, 0) + 1
         unneeded.pop(node, None)
+        moves += [Placement(p.key, target, None, node) for p, target in drained.moved]
         downs.append(
             ScaleDown(
                 pool.name,
@@ -477,27 +676,71 @@ def _scale_down(
                 f"for {policy.scale_down_unneeded_time:.0f}s; its pods fit elsewhere",
             )
         )
-    return downs, unneeded
+    return downs, unneeded, moves
 
 
-def _drain(fork: ClusterSnapshot, node: str, policy: PlanPolicy) -> bool:
-    """Remove `node` from `fork` and re-place its pods; on failure leave `fork` unchanged."""
-    pods = [p for p in fork.pods_on(node) if p.owner_kind != "DaemonSet"]
+def _receivers(
+    moved: Sequence[tuple[PodInfo, str]], pool_of: Mapping[str, PoolState]
+) -> dict[str, PoolState]:
+    receivers = (pool_of.get(target) for _pod, target in moved)
+    return {p.name: p for p in receivers if p is not None}
+
+
+def _overloads(fork: ClusterSnapshot, pools: Mapping[str, PoolState], policy: PlanPolicy) -> bool:
+    """Whether any of `pools` is over its EPC target on `fork` (only under the pressure rule)."""
+    if not (policy.epc_aware and policy.pressure):
+        return False
+    for name in sorted(pools):
+        pool = pools[name]
+        if not pool.template.epc_allocatable:
+            continue
+        used, allocatable = _pool_epc(fork, [n for n in pool.nodes if n in fork.slots])
+        if allocatable and _ratio(used, allocatable, policy.target_utilization) > 1:
+            return True
+    return False
+
+
+@dataclass(slots=True)
+class _Drained:
+    """A node taken out of a fork, with what is needed to put it back."""
+
+    info: NodeInfo
+    usage: int
+    pressure: str | None
+    moved: list[tuple[PodInfo, str]]
+    """Each moved pod as it was on the node, and where it went."""
+
+    def undo(self, fork: ClusterSnapshot) -> None:
+        for pod, _target in self.moved:
+            fork.upsert_pod(pod)
+        fork.upsert_node(self.info)
+        fork.set_usage(self.info.name, self.usage if self.usage >= 0 else None)
+        fork.set_pressure(self.info.name, self.pressure)
+
+
+def _drain(fork: ClusterSnapshot, node: str, policy: PlanPolicy) -> _Drained | None:
+    """Remove `node` from `fork` and re-place its pods; on failure leave `fork` unchanged.
+
+    DaemonSet and mirror pods stay with the node; a pod that blocks a drain (not safe to evict,
+    or nothing would recreate it) keeps the node. The others go where kube-scheduler would put
+    them, never on a node already removed (it is gone from the fork).
+    """
     info = fork.node(node)
     if info is None:
-        return False
+        return None
+    pods = [p for p in fork.pods_on(node) if not p.node_bound]
+    if any(p.blocks_drain for p in pods):
+        return None
+    drained = _Drained(info, int(fork.usage[fork.slots[node]]), fork.pressure.get(node), [])
     fork.remove_node(node)
-    moved: list[PodInfo] = []
     for pod in sorted(pods, key=lambda p: (-p.epc_total, -p.cpu_milli, p.key)):
         # Whether a pod can move is the scheduler's verdict on its full request, even for
         # cluster-autoscaler, which runs the scheduler's filters in its drain simulation.
         request = PodRequest.of(pod)
         target = choose_node(fork, request, policy.strategy)
         if target is None:
-            for back in moved:
-                fork.upsert_pod(back)
-            fork.upsert_node(info)
-            return False
-        moved.append(pod)
+            drained.undo(fork)
+            return None
+        drained.moved.append((pod, target))
         _place(fork, pod, request, target)
-    return True
+    return drained

@@ -263,6 +263,9 @@ class Simulation:
             epc={self.resource: epc} if epc else {},
             cpu_milli=self.cpu[pod],
             memory=self.memory[pod],
+            # A workload's pods are recreated by their controller when evicted (see
+            # `_remove_node`), so they never keep a node from being drained.
+            owner_kind="Job",
         )
 
     def _request(self, pod: int) -> PodRequest:

@@ -145,7 +145,7 @@ def pool_nodes(
 
 def pending_for_autoscaler(pod: PodInfo) -> bool:
     """A pod kube-scheduler has tried and found no node for: cluster-autoscaler's trigger."""
-    return pod.node_name is None and pod.unschedulable_condition and bool(pod.epc)
+    return pod.node_name is None and pod.marked_unschedulable and bool(pod.epc)
 
 
 class Autoscaler:
@@ -255,7 +255,7 @@ class Autoscaler:
         self._was_leader = leader
         now = self.clock()
         views = await self._observe(now)
-        snapshot = self._planning_snapshot()
+        snapshot = self.cluster.snapshot
         self.state, decision = decide(self.state, views, snapshot, self.policy, now)
         self.last_decision = decision
         usable = {v.name: len(v.usable) for v in views}
@@ -268,18 +268,6 @@ class Autoscaler:
         await self._act(decision, now)
         await self._save(decision)
         return decision
-
-    def _planning_snapshot(self) -> ClusterSnapshot:
-        """The cluster with only the pending pods cluster-autoscaler would act on: those
-        kube-scheduler marked Unschedulable. A pod not yet tried may still fit a node."""
-        snapshot = self.cluster.snapshot
-        untried = [p.key for p in snapshot.pending_pods() if not p.unschedulable_condition]
-        if not untried:
-            return snapshot
-        fork = snapshot.fork()
-        for key in untried:
-            fork.remove_pod(key)
-        return fork
 
     async def _observe(self, now: float) -> list[PoolView]:
         views = []

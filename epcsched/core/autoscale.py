@@ -345,7 +345,7 @@ def decide(
     removed = {n: t for n, t in state.removed.items() if n in known}
     planned = plan(
         PlanInput(
-            snapshot=snapshot,
+            snapshot=_tried_only(snapshot),
             pools=pool_states,
             now=now,
             policy=policy.plan,
@@ -363,12 +363,18 @@ def decide(
         pods.setdefault(up.pool, []).extend(up.pods)
         why_up.setdefault(up.pool, []).append(_up_reason(up.reason, up.count, len(up.pods)))
     downs: dict[str, tuple[str, str]] = {}
+    unneeded = dict(planned.unneeded_since)
+    for down in planned.scale_downs:
+        # The plan forgets the timer of every node it removes; one removal per pool goes ahead,
+        # and the others keep their timers for the next loop.
+        unneeded.setdefault(down.node, state.unneeded_since.get(down.node, now))
     for down in planned.scale_downs:
         if down.pool in blocked or down.pool in downs or down.pool in ups:
             continue
         if down.node in skip or down.node in removed:
             continue
         downs[down.pool] = (down.node, down.reason)
+        unneeded.pop(down.node, None)
 
     decisions: list[PoolDecision] = []
     for view in sorted(views, key=lambda v: v.name):
@@ -413,11 +419,23 @@ def decide(
 
     next_state = ControllerState(
         pools=memories,
-        unneeded_since=dict(planned.unneeded_since),
+        unneeded_since=unneeded,
         drain_failed=skip,
         removed=removed,
     )
     return next_state, Decision(tuple(decisions), _unschedulable(planned), planned)
+
+
+def _tried_only(snapshot: ClusterSnapshot) -> ClusterSnapshot:
+    """The cluster with only the pending pods that kube-scheduler has tried and marked
+    Unschedulable (cluster-autoscaler's trigger): one not yet tried may still fit a node."""
+    untried = [p.key for p in snapshot.pending_pods() if not p.marked_unschedulable]
+    if not untried:
+        return snapshot
+    fork = snapshot.fork()
+    for key in untried:
+        fork.remove_pod(key)
+    return fork
 
 
 def provider_failed(

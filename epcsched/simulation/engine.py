@@ -20,8 +20,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from epcsched.core.autoscale import (
+    SCALE_UP,
+    Backoff,
+    ControllerPolicy,
+    ControllerState,
+    PoolView,
+    decide,
+    removal_done,
+)
 from epcsched.core.fit import PodRequest
-from epcsched.core.plan import PlanInput, PoolState, plan
 from epcsched.core.snapshot import ClusterSnapshot, IntArray
 from epcsched.model import NodeInfo, PodInfo
 from epcsched.simulation.baselines import PolicySpec, policy_spec
@@ -71,7 +79,6 @@ class _Pool:
     ready: list[str] = field(default_factory=list)
     booting: list[str] = field(default_factory=list)
     created: int = 0
-    last_scale_up: float | None = None
 
 
 class _Pending:
@@ -156,7 +163,18 @@ class Simulation:
         self.capacity: dict[str, int] = {}
         self.slow: dict[str, float] = {}
         self.enclaves: dict[str, int] = {}
-        self.unneeded: dict[str, float] = {}
+        self.control = ControllerState()
+        """The autoscaler controller's memory (core/autoscale.py), as the live loop keeps it."""
+        self.controller: ControllerPolicy | None = None
+        settings = scenario.autoscaler
+        if self.spec.autoscaler is not None and settings is not None:
+            self.controller = ControllerPolicy(
+                plan=self.spec.autoscaler,
+                max_node_provision_time=settings.max_node_provision_time,
+                backoff=Backoff(
+                    settings.backoff.initial, settings.backoff.max, settings.backoff.reset
+                ),
+            )
         self.pools = [
             _Pool(
                 p.settings.name,
@@ -245,7 +263,6 @@ class Simulation:
         self.epc_capacity -= self.capacity.pop(name)
         for table in (self.node_pods, self.demand, self.slow, self.enclaves):
             del table[name]
-        self.unneeded.pop(name, None)
         self.provisioned -= 1
         # Evicted pods are recreated by their controllers and start over.
         for pod in evicted:
@@ -260,6 +277,8 @@ class Simulation:
             uid=str(pod),
             node_name=node,
             phase="Running" if node else "Pending",
+            # A waiting pod has met the scheduler and found no node, as the autoscaler expects.
+            marked_unschedulable=node is None,
             epc={self.resource: epc} if epc else {},
             cpu_milli=self.cpu[pod],
             memory=self.memory[pod],
@@ -404,44 +423,45 @@ class Simulation:
 
     # ----- autoscaling -------------------------------------------------------------------
     def _tick(self) -> None:
-        policy = self.spec.autoscaler
-        assert policy is not None
-        states = [
-            PoolState(
+        """One loop of the live autoscaler's controller, with this engine as its provider:
+        nodes asked for join after the scenario's provisioning delay, and a drained node's
+        pods are evicted at once and meet the scheduler again."""
+        assert self.controller is not None
+        views = [
+            PoolView(
                 name=p.name,
                 template=p.template,
                 min_size=p.min_size,
                 max_size=p.max_size,
                 nodes=tuple(p.ready),
-                in_flight=len(p.booting),
+                usable=tuple(p.ready),
+                target=len(p.ready) + len(p.booting),
                 cost_per_hour=p.cost_per_hour,
                 priority=p.priority,
-                last_scale_up=p.last_scale_up,
             )
             for p in self.pools
         ]
-        decided = plan(
-            PlanInput(
-                snapshot=self.snapshot,
-                pools=states,
-                now=self.now,
-                policy=policy,
-                unneeded_since=self.unneeded,
-            )
+        self.control, decision = decide(
+            self.control, views, self.snapshot, self.controller, self.now
         )
-        self.unneeded = dict(decided.unneeded_since)
         by_name = {p.name: p for p in self.pools}
         delay = self.scenario.provision_delay
-        for up in decided.scale_ups:
-            pool = by_name[up.pool]
-            pool.last_scale_up = self.now
-            for _ in range(up.count):
-                name = self._new_node(pool)
-                pool.booting.append(name)
-                self._push(self.now + delay, _READY, self.pools.index(pool), pool.created - 1)
-        for down in decided.scale_downs:
-            if down.node in self.node_pool:
-                self._remove_node(down.node)
+        for change in decision.pools:
+            pool = by_name[change.name]
+            if change.action == SCALE_UP:
+                for _ in range(change.target_size - change.current_size):
+                    name = self._new_node(pool)
+                    pool.booting.append(name)
+                    self._push(self.now + delay, _READY, self.pools.index(pool), pool.created - 1)
+            elif change.drain is not None:
+                if change.drain in self.node_pool:
+                    self._remove_node(change.drain)
+                self.control = removal_done(self.control, change.name, change.drain, self.now)
+            elif change.given_up:
+                # The oldest requests are the ones given up; their nodes never join.
+                for _ in range(min(change.given_up, len(pool.booting))):
+                    pool.booting.pop(0)
+                    self.provisioned -= 1
 
     # ----- the run -----------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -471,7 +491,9 @@ class Simulation:
                         self._complete(payload)
                 elif kind == _READY:
                     pool = self.pools[payload]
-                    self._node_ready(pool, f"{pool.name}-{version:05d}")
+                    name = f"{pool.name}-{version:05d}"
+                    if name in pool.booting:
+                        self._node_ready(pool, name)
                 else:
                     self._tick()
                     self._push(self.now + interval, _TICK, 0)

@@ -284,6 +284,29 @@ async def test_cluster_api_then_deletes_exactly_that_node(cluster: Cluster) -> N
         )
 
 
+async def test_machines_made_before_the_controllers_ran_are_removed_with_their_node(
+    cluster: Cluster,
+) -> None:
+    """Machines and Nodes restored from a snapshot, without Cluster API's finalizer yet."""
+    seed(cluster.api, 2, {"m-1": "vm-1", "m-2": "vm-2"})
+    for name in ("vm-1", "vm-2"):
+        cluster.api.store.load(NODE, {"metadata": {"name": name}, "status": {}})
+    async with CapiReconciler(cluster.api) as capi:
+        # Unannotated, m-2 would go first (same age, later name): remove vm-1 instead.
+        assert (
+            deletion_order(cluster.api.store.items(MACHINE, "default"))[0]["metadata"]["name"]
+            == "m-2"
+        )
+        await cluster.provider.remove_node(pool(), "vm-1", 1)
+        await until(
+            lambda: [n["metadata"]["name"] for n in cluster.api.store.items(NODE, None)] == ["vm-2"]
+        )
+        assert [m["metadata"]["name"] for m in cluster.api.store.items(MACHINE, "default")] == [
+            "m-2"
+        ]
+        assert capi.deleted == ["m-1"] and capi.created == []
+
+
 async def test_remove_node_whose_machine_is_gone_never_drops_another(cluster: Cluster) -> None:
     # Replicas 3 and three Machines: lowering to 2 would delete a node nobody drained.
     seed(cluster.api, 3, {"m-1": "vm-1", "m-2": "vm-2", "m-3": "vm-3"})

@@ -23,9 +23,11 @@ MachineDeployment or Machine changes:
   annotated `cluster.x-k8s.io/delete-machine`, then without a Node yet, then the newest. That is
   the `Newest` delete policy; the default `Random` one differs only in the last step, so this
   is a deterministic stand-in for it.
-- a Machine being deleted (by the reconciler or by anyone, e.g. `kubectl delete machine`) loses
-  its Node after `delete_delay` seconds, then its finalizer, and is gone; a MachineDeployment
-  whose replicas did not drop then gets a replacement, as with Cluster API.
+- every Machine gets Cluster API's finalizer (`machine.cluster.x-k8s.io`), including ones a
+  test loaded; a Machine being deleted (by the reconciler or by anyone, e.g.
+  `kubectl delete machine`) loses its Node after `delete_delay` seconds, then that finalizer,
+  and is gone; a MachineDeployment whose replicas did not drop then gets a replacement, as with
+  Cluster API.
 - the MachineDeployment's status (`replicas`, `readyReplicas`, `availableReplicas`,
   `updatedReplicas`, `unavailableReplicas`, `selector`, `phase`, `observedGeneration`) follows.
 
@@ -209,9 +211,20 @@ class CapiReconciler:
         ]
         for machine in machines:
             if machine["metadata"].get("deletionTimestamp"):
-                self._schedule(machine, "delete", self.delete_delay, self._finish_deletion)
-            elif not _node_of(machine):
-                self._schedule(machine, "node", self.node_delay, self._provision)
+                # Only Cluster API's own finalizer is ours to finish; others hold the Machine.
+                if MACHINE_FINALIZER in (machine["metadata"].get("finalizers") or ()):
+                    self._schedule(machine, "delete", self.delete_delay, self._finish_deletion)
+            else:
+                if MACHINE_FINALIZER not in (machine["metadata"].get("finalizers") or ()):
+                    # The Machine controller's first step, so that a deletion waits for it.
+                    held = copy.deepcopy(machine)
+                    held["metadata"]["finalizers"] = [
+                        *(machine["metadata"].get("finalizers") or ()),
+                        MACHINE_FINALIZER,
+                    ]
+                    self.store.update(_MACHINE, namespace, machine["metadata"]["name"], held)
+                if not _node_of(machine):
+                    self._schedule(machine, "node", self.node_delay, self._provision)
         if not spec.get("paused"):
             replicas = self.store.scale(_MD, namespace, name)["spec"].get("replicas", 0)
             active = [m for m in machines if not m["metadata"].get("deletionTimestamp")]
@@ -357,6 +370,8 @@ class CapiReconciler:
         """Drain and infrastructure are done: the Node goes, then the finalizer."""
         meta = machine["metadata"]
         namespace = meta["namespace"]
+        if MACHINE_FINALIZER not in (meta.get("finalizers") or ()):
+            return
         node_timer = self._timers.pop((namespace, meta["name"], "node"), None)
         if node_timer is not None:
             node_timer.cancel()
@@ -365,12 +380,9 @@ class CapiReconciler:
             with contextlib.suppress(ApiError):
                 self.store.delete(_NODE, None, node_name)
             log.info("Machine %s/%s: Node %s deleted", namespace, meta["name"], node_name)
-        if meta.get("finalizers"):
-            done = copy.deepcopy(machine)
-            done["metadata"]["finalizers"] = [
-                f for f in meta["finalizers"] if f != MACHINE_FINALIZER
-            ]
-            self.store.update(_MACHINE, namespace, meta["name"], done)
+        done = copy.deepcopy(machine)
+        done["metadata"]["finalizers"] = [f for f in meta["finalizers"] if f != MACHINE_FINALIZER]
+        self.store.update(_MACHINE, namespace, meta["name"], done)
         self.deleted.append(meta["name"])
         log.info("Machine %s/%s deleted", namespace, meta["name"])
 

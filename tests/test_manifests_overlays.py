@@ -16,7 +16,10 @@ the autoscaler alone and an image built with the `aks` extra.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -24,6 +27,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from epcsched.autoscaler.runtime import provider_problems
 from epcsched.cli import build_parser
 from epcsched.config import Config, NodePoolSettings, load_config
 from epcsched.objects import template_node
@@ -64,20 +68,6 @@ CONFIG_PATH = "/etc/epcsched/config.yaml"
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 # The native sidecar in base/scheduler/deployment.yaml needs 1.29; check the newest too.
 KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
-
-# The autoscaler's flags as issue 7 specifies them; the Deployment may use no other. When the
-# CLI registers `autoscaler`, its own parser is the judge instead (test_deployment_command_...).
-AUTOSCALER_FLAGS = {
-    "--config",
-    "--kubeconfig",
-    "--namespace",
-    "--port",
-    "--prometheus-url",
-    "--once",
-    "--dry-run",
-    "--snapshot",
-    "--log-level",
-}
 
 # What each provider's section of a pool must name (DESIGN.md section 5).
 PROVIDER_KEYS = {
@@ -350,7 +340,7 @@ def test_cluster_api_rights_are_bound_in_the_pools_namespace_only(
 # ---- the Deployment ------------------------------------------------------------------------
 
 
-def test_deployment_command_line_uses_only_autoscaler_flags(
+def test_deployment_command_line_parses(
     overlay: tuple[str, list[Obj]],
 ) -> None:
     _, objs = overlay
@@ -360,18 +350,13 @@ def test_deployment_command_line_uses_only_autoscaler_flags(
     assert flag(container, "--config") == CONFIG_PATH
     assert flag(container, "--port") == str(PORT)
     assert not [a for a in argv if a in ("--once", "--dry-run", "--snapshot")], argv
-    if "autoscaler" in registered_commands():
-        try:
-            args = build_parser().parse_args(argv)
-        except SystemExit:
-            pytest.fail(f"`epcsched {' '.join(argv)}` does not parse")
-        assert args.port == PORT
-    else:
-        # NOTE: the CLI does not register `autoscaler` yet (issue 7 is in progress), so the
-        # flags are checked against the command line the issue specifies; the branch above
-        # takes over, with the real parser, once epcsched/autoscaler/command.py lands.
-        flags = {a.split("=", 1)[0] for a in argv[1:] if a.startswith("--")}
-        assert flags <= AUTOSCALER_FLAGS, flags - AUTOSCALER_FLAGS
+    assert "autoscaler" in registered_commands()
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:
+        pytest.fail(f"`epcsched {' '.join(argv)}` does not parse")
+    assert (args.command, args.config, args.port) == ("autoscaler", CONFIG_PATH, PORT)
+    assert args.namespace == flag(container, "--namespace")
 
 
 def test_deployment_namespace_flag_is_the_pods_namespace(overlay: tuple[str, list[Obj]]) -> None:
@@ -509,6 +494,91 @@ def test_pool_template_is_one_dc4s_v3_node_of_the_pool(
     assert 0 < node.cpu_milli <= sku.vcpu * 1000
     assert 0 < node.memory < sku.memory
     assert node.pods > 0
+
+
+def test_pool_settings_satisfy_the_provider(overlay: tuple[str, list[Obj]], tmp_path: Path) -> None:
+    """The placeholders have the shape the provider checks at start (a UUID subscription, ...)."""
+    _, objs = overlay
+    pool = the_pool(loaded_config(objs, tmp_path))
+    assert provider_problems(pool, "autoscaler.nodePools[0]") == []
+
+
+def pending_pod(name: str, epc: str) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "uid": f"uid-{name}",
+            "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "enclave", "uid": "rs"}
+            ],
+        },
+        "spec": {
+            "schedulerName": "epcsched-scheduler",
+            "containers": [
+                {
+                    "name": "enclave",
+                    "image": "registry.k8s.io/pause:3.10",
+                    "resources": {
+                        "requests": {"sgx.intel.com/epc": epc, "cpu": "500m", "memory": "1Gi"},
+                        "limits": {"sgx.intel.com/epc": epc},
+                    },
+                }
+            ],
+        },
+        "status": {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}],
+        },
+    }
+
+
+def test_the_autoscaler_plans_with_the_deployed_config(
+    overlay: tuple[str, list[Obj]], tmp_path: Path
+) -> None:
+    """`epcsched autoscaler --once --dry-run` with the overlay's own config file.
+
+    One system node without EPC and, pending, three 6 GiB enclave pods and one of 17 GiB. A
+    16 GiB template holds two 6 GiB pods (12 GiB; a third would make 18), so the pool goes from
+    0 to 2 nodes; no template holds 17 GiB.
+    """
+    name, objs = overlay
+    config = tmp_path / "config.yaml"
+    config.write_text(generated_configmap(objs, "epcsched-config")["data"]["config.yaml"])
+    system = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": "system-0", "labels": {"kubernetes.io/os": "linux"}},
+        "status": {
+            "allocatable": {"cpu": "4", "memory": "16Gi", "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+    pods = [pending_pod(f"enclave-{i}", "6Gi") for i in range(3)] + [pending_pod("huge", "17Gi")]
+    snapshot = tmp_path / "cluster.json"
+    snapshot.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [system, *pods]}))
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "epcsched", "autoscaler"),
+            *("--config", str(config), "--snapshot", str(snapshot), "--once", "--dry-run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    (pool,) = plan["pools"]
+    assert {k: pool[k] for k in ("name", "currentSize", "targetSize", "action")} == {
+        "name": the_pool(loaded_config(objs, tmp_path)).name,
+        "currentSize": 0,
+        "targetSize": 2,
+        "action": "scale-up",
+    }, (name, pool)
+    assert [(u["namespace"], u["name"]) for u in plan["unschedulable"]] == [("default", "huge")]
 
 
 # ---- AKS: identity and image ---------------------------------------------------------------

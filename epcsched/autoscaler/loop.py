@@ -21,9 +21,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from epcsched.autoscaler.drain import DrainResult
+from epcsched.autoscaler.events import EventType, ObjectRef
 from epcsched.autoscaler.metrics import AutoscalerMetrics
 from epcsched.autoscaler.providers.base import NodePoolProvider, ProviderError
 from epcsched.config import Config, NodePoolSettings
@@ -52,24 +53,15 @@ NOT_TRIGGERED_EVERY = 300.0
 
 
 # ----- what the loop needs from the Kubernetes side (epcsched.autoscaler.drain etc.) -------
-@dataclass(frozen=True, slots=True)
-class Ref:
-    """The object an Event is about."""
-
-    kind: str
-    name: str
-    namespace: str = ""
-    uid: str = ""
-
-
 class Recorder(Protocol):
-    async def record(self, ref: Ref, type_: str, reason: str, message: str) -> None: ...
+    async def record(
+        self, involved: ObjectRef, type: EventType, reason: str, message: str
+    ) -> None: ...
 
 
 class Remover(Protocol):
-    async def drain(self, node: str) -> tuple[bool, str]:
-        """Cordon and evict; (True, summary) once every movable pod left, else (False, why)
-        with the node uncordoned again."""
+    async def drain(self, node: str) -> DrainResult:
+        """Cordon and evict; ok once every movable pod left, else the node is uncordoned."""
         ...
 
     async def uncordon(self, node: str) -> None: ...
@@ -375,7 +367,7 @@ class Autoscaler:
             return
         self.metrics.scaled(pool.name, SCALE_DOWN, d.current_size - d.target_size)
         for node in d.nodes_to_remove:
-            await self._event(Ref("Node", node), "Warning", "ScaleDown", d.reason)
+            await self._event(ObjectRef("Node", "", node), "Warning", "ScaleDown", d.reason)
 
     def _failed(self, pool: str, exc: ProviderError, now: float, what: str) -> None:
         self.metrics.errors.labels("provider").inc()
@@ -400,13 +392,16 @@ class Autoscaler:
         self, pool: NodePoolSettings, provider: NodePoolProvider, node: str, reason: str
     ) -> None:
         log.info("pool %s: removing node %s: %s", pool.name, node, reason)
-        ok, why = (True, "") if self.remover is None else await self.remover.drain(node)
+        ok, why = True, ""
+        if self.remover is not None:
+            result = await self.remover.drain(node)
+            ok, why = result.ok, result.reason
         now = self.clock()
         if not ok:
             self.metrics.errors.labels("drain").inc()
             log.warning("pool %s: node %s stays: %s", pool.name, node, why)
             self.state = removal_failed(self.state, pool.name, node, now, self.policy)
-            await self._event(Ref("Node", node), "Warning", "ScaleDownFailed", why)
+            await self._event(ObjectRef("Node", "", node), "Warning", "ScaleDownFailed", why)
             await self._save(self.last_decision)
             return
         try:
@@ -424,7 +419,10 @@ class Autoscaler:
         self.metrics.scaled(pool.name, SCALE_DOWN, 1)
         log.info("pool %s: node %s removed", pool.name, node)
         await self._event(
-            Ref("Node", node), "Normal", "ScaleDown", f"node removed by epcsched: {reason}"
+            ObjectRef("Node", "", node),
+            "Normal",
+            "ScaleDown",
+            f"node removed by epcsched: {reason}",
         )
         await self._save(self.last_decision)
 
@@ -442,14 +440,14 @@ class Autoscaler:
             del self._told[key]
         self._seen &= pending
 
-    async def _pod_event(self, key: str, type_: str, reason: str, message: str) -> None:
+    async def _pod_event(self, key: str, type_: EventType, reason: str, message: str) -> None:
         pod = self.cluster.snapshot.pods.get(key)
         namespace, _, name = key.partition("/")
         await self._event(
-            Ref("Pod", name, namespace, pod.uid if pod else ""), type_, reason, message
+            ObjectRef("Pod", namespace, name, pod.uid if pod else ""), type_, reason, message
         )
 
-    async def _event(self, ref: Ref, type_: str, reason: str, message: str) -> None:
+    async def _event(self, ref: ObjectRef, type_: EventType, reason: str, message: str) -> None:
         if self.recorder is not None:
             await self.recorder.record(ref, type_, reason, message)
 

@@ -313,15 +313,13 @@ async def controller(
         log.info("autoscaler %s stopping", identity)
         return 0
     finally:
-        for task in tasks:
+        # The loop stops first; cancelling the campaign then hands the Lease back at once.
+        for task in reversed(tasks):
             task.cancel()
-        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if scaler is not None:
             await scaler.stop()
-        with contextlib.suppress(Exception):
-            await parts.leader.release()
         if runner is not None:
             await runner.cleanup()
         if own_providers:

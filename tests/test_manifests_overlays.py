@@ -500,7 +500,7 @@ def test_pool_settings_satisfy_the_provider(overlay: tuple[str, list[Obj]], tmp_
     """The placeholders have the shape the provider checks at start (a UUID subscription, ...)."""
     _, objs = overlay
     pool = the_pool(loaded_config(objs, tmp_path))
-    assert provider_problems(pool, "autoscaler.nodePools[0]") == []
+    assert provider_problems(pool, 0) == []
 
 
 def pending_pod(name: str, epc: str) -> Obj:

@@ -122,7 +122,7 @@ def check_pools(config: Config) -> None:
             raise CommandError(f"{where}.provider: must be one of {', '.join(PROVIDERS)}")
         from epcsched.autoscaler.runtime import provider_problems
 
-        problems = provider_problems(pool, where)
+        problems = provider_problems(pool, i)
         if problems:
             raise CommandError(problems[0])
 

@@ -34,20 +34,16 @@ SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 DEFAULT_NAMESPACE = "epcsched-system"
 
 
-def provider_problems(pool: NodePoolSettings, where: str) -> list[str]:
-    """Configuration problems of `pool`'s provider settings, each naming its key."""
+def provider_problems(pool: NodePoolSettings, index: int) -> list[str]:
+    """Configuration problems of `pool`'s provider settings, each naming its key path."""
     if pool.provider == "clusterapi":
         from epcsched.autoscaler.providers.clusterapi import validate_clusterapi_settings
 
-        return [
-            p if p.startswith("autoscaler.") else f"{where}.clusterapi: {p}"
-            for p in validate_clusterapi_settings(pool)
-        ]
+        return validate_clusterapi_settings(pool, index=index)
     if pool.provider == "aks":
         from epcsched.autoscaler.providers.aks import validate_aks_settings
 
-        index = where.rsplit("[", 1)[-1].rstrip("]")
-        return validate_aks_settings(pool, index=int(index) if index.isdigit() else None)
+        return validate_aks_settings(pool, index=index)
     return []
 
 

@@ -5,12 +5,14 @@ neither move nor block (DaemonSet, mirror, terminal pods); the scale-down taint 
 read-modify-write so other taints survive, with a retry on 409; evictions through the Eviction
 API, retried on a PodDisruptionBudget's 429 every retry interval until the deadline, after which
 the node is uncordoned and the result names the pod and the budget; evicted pods waited for until
-they are gone. Everything runs over HTTP against the fake API server with real kubernetes-asyncio
-clients; time is a fake clock whose sleep advances it, so a two-minute deadline takes no time.
+they are gone; a cancelled drain removes its taint. Everything runs over HTTP against the fake
+API server with real kubernetes-asyncio clients; time is a fake clock whose sleep advances it, so
+a two-minute deadline takes no time.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -340,6 +342,26 @@ async def test_pod_that_never_leaves_fails_the_drain_at_the_deadline(cluster: Cl
     )
     # Checked at t=0, 10, ..., 120.
     assert cluster.time.sleeps == [10.0] * 12
+    assert cluster.taints("sgx-1") == [OTHER_TAINT]
+
+
+async def test_cancelled_drain_removes_the_taint(cluster: Cluster) -> None:
+    store = cluster.api.store
+    store.load(BY_KIND["Pod"], owned("web-1", labels={"app": "web"}))
+    store.load(BY_KIND["PodDisruptionBudget"], budget(0))
+    waiting = asyncio.Event()
+
+    async def hang(sleeps: int) -> None:
+        waiting.set()
+        await asyncio.Event().wait()
+
+    cluster.time.on_sleep = hang
+    task = asyncio.create_task(cluster.drainer().drain("sgx-1"))
+    await asyncio.wait_for(waiting.wait(), 5)
+    assert cluster.taints("sgx-1") == [OTHER_TAINT, OURS]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
     assert cluster.taints("sgx-1") == [OTHER_TAINT]
 
 

@@ -17,6 +17,7 @@ taint. Only our own taint is ever added or removed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -177,8 +178,11 @@ class Drainer:
                 return None
             return [*taints, {"key": SCALE_DOWN_TAINT, "value": value, "effect": "NoSchedule"}]
 
-        updated = await self._change_taints(node, add, "cordon")
-        log.info("node %s: tainted %s=%s:NoSchedule for scale-down", node, SCALE_DOWN_TAINT, value)
+        updated, changed = await self._change_taints(node, add, "cordon")
+        if changed:
+            log.info("node %s: tainted %s=%s:NoSchedule", node, SCALE_DOWN_TAINT, value)
+        else:
+            log.info("node %s: already tainted %s", node, SCALE_DOWN_TAINT)
         return updated
 
     async def uncordon(self, node: str) -> None:
@@ -190,11 +194,12 @@ class Drainer:
             return None if len(kept) == len(taints) else kept
 
         try:
-            await self._change_taints(node, remove, "uncordon")
+            _, changed = await self._change_taints(node, remove, "uncordon")
         except _NodeGone:
             log.info("node %s: gone, nothing to uncordon", node)
             return
-        log.info("node %s: removed the %s taint", node, SCALE_DOWN_TAINT)
+        if changed:
+            log.info("node %s: removed the %s taint", node, SCALE_DOWN_TAINT)
 
     async def uncordon_all(self) -> list[str]:
         """Remove our taint from every node carrying it; the nodes changed.
@@ -220,8 +225,10 @@ class Drainer:
 
     async def _change_taints(
         self, node: str, change: Callable[[list[Obj]], list[Obj] | None], action: str
-    ) -> Obj:
-        for attempt in range(1, self.conflict_retries + 1):
+    ) -> tuple[Obj, bool]:
+        """Apply `change` to the node's taints (None: nothing to change); (node, changed)."""
+        attempts = max(self.conflict_retries, 1)
+        for attempt in range(1, attempts + 1):
             try:
                 current = await request(
                     self.core.read_node(
@@ -235,7 +242,7 @@ class Drainer:
             taints = list((current.get("spec") or {}).get("taints") or [])
             wanted = change(taints)
             if wanted is None:
-                return current
+                return current, False
             patch = {
                 "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
                 # A merge patch replaces the list (as kube-apiserver does for taints with any
@@ -243,7 +250,7 @@ class Drainer:
                 "spec": {"taints": wanted or None},
             }
             try:
-                return await request(
+                updated = await request(
                     # The client accepts `_content_type`; its type stubs do not list it.
                     self.core.patch_node(  # type: ignore[call-arg]
                         node,
@@ -254,13 +261,14 @@ class Drainer:
                     )
                 )
             except KubeApiError as exc:
-                if exc.status == 409 and attempt < self.conflict_retries:
+                if exc.status == 409 and attempt < attempts:
                     log.info("node %s: %s met a concurrent change (409); retrying", node, action)
                     continue
                 if exc.status == 404:
                     raise _NodeGone(f"{action} node {node}: {exc}") from exc
                 raise DrainError(f"{action} node {node}: {exc}") from exc
-        raise DrainError(f"{action} node {node}: still conflicting after {attempt} attempts")
+            return updated, True
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     # -- drain ---------------------------------------------------------------------------
     async def drain(self, node: str) -> DrainResult:
@@ -268,12 +276,22 @@ class Drainer:
         happened, and on failure the taint is removed again."""
         try:
             node_obj = await self.cordon(node)
-        except (DrainError, _NodeGone) as exc:
+        except DrainError as exc:
             log.warning("node %s: not drained: %s", node, exc)
             return DrainResult(node, False, f"cordon failed: {exc}")
         node_ref = ObjectRef.of(node_obj)
         await self._event(node_ref, "Normal", "ScaleDown", "marked the node for scale-down")
+        try:
+            return await self._empty(node_ref)
+        except asyncio.CancelledError:
+            # Stopped (shutdown, lost leadership): leave the node schedulable if we still can.
+            log.warning("node %s: drain cancelled; removing the taint", node)
+            with contextlib.suppress(DrainError):
+                await self.uncordon(node)
+            raise
 
+    async def _empty(self, node_ref: ObjectRef) -> DrainResult:
+        node = node_ref.name
         try:
             pods = await self._pods_on(node)
         except KubeApiError as exc:

@@ -30,7 +30,10 @@ class Placer:
         self._names: list[str] = []
         self._slots: IntArray = np.zeros(0, dtype=np.int64)
         self._pods_max: IntArray = np.zeros(0, dtype=np.int64)
-        self._admitted: dict[Constraints, BoolArray] = {}
+        self._admitted: dict[Constraints, BoolArray | None] = {}
+        """The rules' verdict per constraints; None where they admit every node."""
+        self._constraints: Constraints | None = None
+        self._mask: BoolArray | None = None
 
     def _refresh(self) -> None:
         snap = self.snapshot
@@ -41,18 +44,24 @@ class Placer:
         infos = [snap.infos[int(s)] for s in self._slots]
         self._pods_max = np.asarray([i.pods if i else 0 for i in infos], dtype=np.int64)
         self._admitted = {}
+        self._constraints = self._mask = None
         self._generation = snap.generation
 
     def resources_fit(self, request: PodRequest) -> BoolArray:
         """`core.placement.resources_fit` over every node in name order."""
         snap, slots = self.snapshot, self._slots
-        admitted = self._admitted.get(request.constraints)
-        if admitted is None:
-            # Cordons, taints, selectors and affinity: fixed while the node set is.
-            admitted = self._admitted[request.constraints] = rules_fit(
-                snap, request.constraints, slots
-            )
-        ok = admitted & (snap.pod_count[slots] < self._pods_max)
+        ok = snap.pod_count[slots] < self._pods_max
+        constraints = request.constraints
+        if constraints is not self._constraints:
+            # Cordons, taints, selectors and affinity: fixed while the node set is. A workload's
+            # requests nearly all share one constraints object, so this runs once per node set.
+            if constraints not in self._admitted:
+                mask = rules_fit(snap, constraints, slots)
+                self._admitted[constraints] = None if mask.all() else mask
+            self._constraints = constraints
+            self._mask = self._admitted[constraints]
+        if self._mask is not None:
+            ok &= self._mask
         if request.cpu_milli:
             ok &= snap.cpu_requested[slots] + request.cpu_milli <= snap.cpu_allocatable[slots]
         if request.memory:

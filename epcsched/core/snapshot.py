@@ -4,7 +4,10 @@ Every program reads cluster state through this one structure. A snapshot file, a
 informer and a simulated clock all feed it the same way (`upsert_node`, `upsert_pod`, ...), and
 each event costs O(1): per-node sums are adjusted, never recomputed. The sums live in numpy
 arrays indexed by a stable node slot, so a filter over thousands of candidate nodes is a few
-vector operations and never walks the pods.
+vector operations and never walks the pods. The derived per-slot arrays (free EPC, used share)
+follow the same rule: an event records the one slot it changed, and the arrays are brought up
+to date for those slots only, so a bind between two scheduling cycles costs the next one O(1),
+not a pass over every node.
 """
 
 from __future__ import annotations
@@ -66,6 +69,32 @@ class EpcColumn:
             setattr(self, attr, new)
 
 
+@dataclass(slots=True)
+class _Derived:
+    """Arrays derived from the per-slot figures, and how far they have followed the changes."""
+
+    layout: int
+    read: int
+    """How many entries of the snapshot's touched-slot log are already applied."""
+    version: int
+
+
+@dataclass(slots=True)
+class _FitView(_Derived):
+    view: IntArray
+
+
+@dataclass(slots=True)
+class _Fractions(_Derived):
+    used: FloatArray
+    allocatable: FloatArray
+
+
+def _used(view: IntArray, allocatable: FloatArray) -> FloatArray:
+    out: FloatArray = np.where(view == NO_FIT, 0.0, allocatable - view.astype(np.float64))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """EPC held for a pod that bind placed but the API does not yet show bound."""
@@ -117,8 +146,14 @@ class ClusterSnapshot:
         """Changes whenever the set of nodes changes: caches of name-to-slot lookups key on it."""
         self.version = next(_STAMPS)
         """Changes on every change that can alter a decision: derived arrays key on it."""
-        self._views: dict[str, tuple[int, IntArray]] = {}
-        self._fractions: dict[str, tuple[int, FloatArray, FloatArray]] = {}
+        self._layout = next(_STAMPS)
+        """Changes when per-slot figures move in bulk (nodes added or removed, arrays grown,
+        accounting switched, all usage cleared): derived arrays are then rebuilt whole."""
+        self._touched: list[int] = []
+        """Slots changed one by one since the last bulk change, in order; a derived array
+        remembers how far it has read and updates only the slots after that."""
+        self._views: dict[str, _FitView] = {}
+        self._fractions: dict[str, _Fractions] = {}
 
     @property
     def accounting(self) -> str:
@@ -130,7 +165,20 @@ class ClusterSnapshot:
         if mode not in ACCOUNTING_MODES:
             raise ValueError(f"accounting must be one of {ACCOUNTING_MODES}, got {mode!r}")
         self._accounting = mode
+        self._bulk_change()
+
+    # ----- change tracking for derived arrays ----------------------------------------------
+    def _bulk_change(self) -> None:
         self.version = next(_STAMPS)
+        self._layout = next(_STAMPS)
+        self._touched.clear()
+
+    def _touch(self, slot: int) -> None:
+        self.version = next(_STAMPS)
+        self._touched.append(slot)
+        # A log longer than the arrays costs more to replay than a rebuild.
+        if len(self._touched) > max(1024, 2 * self._size):
+            self._bulk_change()
 
     # ----- nodes -------------------------------------------------------------------------
     def _grow(self) -> None:
@@ -158,7 +206,6 @@ class ClusterSnapshot:
         self._size = size
 
     def upsert_node(self, info: NodeInfo) -> None:
-        self.version = next(_STAMPS)
         slot = self.slots.get(info.name)
         if slot is None:
             if not self._free_slots:
@@ -167,6 +214,7 @@ class ClusterSnapshot:
             self.slots[info.name] = slot
             self.slot_names[slot] = info.name
             self.generation = next(_STAMPS)
+            self._bulk_change()
             self.infos[slot] = info
             self._set_capacity(slot, info, sign=1)
             # Pods seen bound to this name before the node itself was seen count from now on.
@@ -175,6 +223,7 @@ class ClusterSnapshot:
         self._set_capacity(slot, self.infos[slot], sign=-1)
         self.infos[slot] = info
         self._set_capacity(slot, info, sign=1)
+        self._touch(slot)
 
     def _set_capacity(self, slot: int, info: NodeInfo | None, *, sign: int) -> None:
         if info is None:
@@ -199,7 +248,6 @@ class ClusterSnapshot:
         slot = self.slots.pop(name, None)
         if slot is None:
             return
-        self.version = next(_STAMPS)
         self._set_capacity(slot, self.infos[slot], sign=-1)
         for key in [k for k, r in self.reservations.items() if r.node == name]:
             del self.reservations[key]
@@ -216,6 +264,7 @@ class ClusterSnapshot:
         self.slot_names[slot] = None
         self._free_slots.append(slot)
         self.generation = next(_STAMPS)
+        self._bulk_change()
 
     def node(self, name: str) -> NodeInfo | None:
         slot = self.slots.get(name)
@@ -243,7 +292,7 @@ class ClusterSnapshot:
         slot = self.slots.get(node)
         if slot is None:
             return
-        self.version = next(_STAMPS)
+        self._touch(slot)
         for name, amount in pod.epc.items():
             column = self.epc.get(name)
             if column is not None:
@@ -296,7 +345,7 @@ class ClusterSnapshot:
             raise KeyError(node)
         for name, amount in epc.items():
             self.epc[name].reserved[slot] += amount
-        self.version = next(_STAMPS)
+        self._touch(slot)
         self.reservations[key] = Reservation(node, dict(epc), expires_at)
 
     def release(self, key: str) -> None:
@@ -308,7 +357,7 @@ class ClusterSnapshot:
             return
         for name, amount in held.epc.items():
             self.epc[name].reserved[slot] -= amount
-        self.version = next(_STAMPS)
+        self._touch(slot)
 
     def expire_reservations(self, now: float) -> list[str]:
         expired = [k for k, r in self.reservations.items() if r.expires_at <= now]
@@ -320,18 +369,23 @@ class ClusterSnapshot:
         slot = self.slots.get(node)
         if slot is not None:
             self.usage[slot] = -1 if used is None else used
-            self.version = next(_STAMPS)
+            self._touch(slot)
 
     def clear_usage(self) -> None:
         self.usage[:] = -1
-        self.version = next(_STAMPS)
+        self._bulk_change()
 
     def set_pressure(self, node: str, reason: str | None) -> None:
         if reason is None:
             self.pressure.pop(node, None)
         else:
             self.pressure[node] = reason
-        self.version = next(_STAMPS)
+        slot = self.slots.get(node)
+        if slot is None:
+            # Not a node yet: its pressure counts when it is added, which rebuilds the views.
+            self.version = next(_STAMPS)
+        else:
+            self._touch(slot)
 
     # ----- derived figures ---------------------------------------------------------------
     def free(self, name: str, slots: IntArray) -> IntArray:
@@ -352,25 +406,50 @@ class ClusterSnapshot:
             return np.where(known, measured, by_requests)
         return np.where(known, np.minimum(by_requests, measured), by_requests)
 
+    def _stale(self, derived: _Derived | None) -> IntArray | None:
+        """The slots `derived` must update to be current, or None when it must be rebuilt.
+
+        Marks it current: the caller updates it before anyone else reads it.
+        """
+        if derived is None or derived.layout != self._layout:
+            return None
+        touched = self._touched
+        changed = touched[derived.read :]
+        derived.read = len(touched)
+        derived.version = self.version
+        return np.unique(np.array(changed, dtype=np.int64))
+
+    def _fit_at(self, name: str, slots: IntArray) -> IntArray:
+        view = np.where(self.epc[name].has[slots], self.free(name, slots), NO_FIT)
+        if self.pressure:
+            names = self.slot_names
+            for i, slot in enumerate(slots.tolist()):
+                if names[slot] in self.pressure:
+                    view[i] = NO_FIT
+        return view
+
     def fit_view(self, name: str) -> IntArray:
         """Free EPC of `name` for every slot, `NO_FIT` where no EPC pod may go, plus one slot.
 
         The extra last element is always `NO_FIT`, so indexing with -1 (a name that is not a
-        known node) rejects it without a separate check. Rebuilt only when `version` moves, so
-        a filter costs one gather and one comparison however many pods the cluster runs.
+        known node) rejects it without a separate check. Kept current slot by slot as events
+        change them, so a filter costs one gather and one comparison however many pods the
+        cluster runs, and an event between two filters costs the second one its node only.
+        The array is updated in place: read it, do not keep it.
         """
-        cached = self._views.get(name)
-        if cached is not None and cached[0] == self.version:
-            return cached[1]
+        derived = self._views.get(name)
+        if derived is not None and derived.version == self.version:
+            return derived.view
+        changed = self._stale(derived)
+        if derived is not None and changed is not None:
+            view = derived.view
+            if changed.shape[0]:
+                view[changed] = self._fit_at(name, changed)
+            return view
         size = self._size
         view = np.full(size + 1, NO_FIT, dtype=np.int64)
-        every = np.arange(size, dtype=np.int64)
-        view[:size] = np.where(self.epc[name].has, self.free(name, every), NO_FIT)
-        for node in self.pressure:
-            slot = self.slots.get(node)
-            if slot is not None:
-                view[slot] = NO_FIT
-        self._views[name] = (self.version, view)
+        view[:size] = self._fit_at(name, np.arange(size, dtype=np.int64))
+        self._views[name] = _FitView(self._layout, len(self._touched), self.version, view)
         return view
 
     def used_and_allocatable(self, name: str) -> tuple[FloatArray, FloatArray]:
@@ -378,16 +457,24 @@ class ClusterSnapshot:
 
         Both are whole numbers below 2**53, so they convert to floats exactly and a fraction
         computed from them is the correctly rounded quotient: equal shares compare equal.
-        Only meaningful where `fit_view` admits EPC pods; cached like `fit_view`.
+        Only meaningful where `fit_view` admits EPC pods; kept current like `fit_view`.
         """
-        cached = self._fractions.get(name)
-        if cached is not None and cached[0] == self.version:
-            return cached[1], cached[2]
         view = self.fit_view(name)
+        derived = self._fractions.get(name)
+        if derived is not None and derived.version == self.version:
+            return derived.used, derived.allocatable
+        changed = self._stale(derived)
+        if derived is not None and changed is not None:
+            used, allocatable = derived.used, derived.allocatable
+            if changed.shape[0]:
+                allocatable[changed] = self.epc[name].allocatable[changed]
+                used[changed] = _used(view[changed], allocatable[changed])
+            return used, allocatable
         allocatable = np.zeros(self._size + 1, dtype=np.float64)
         allocatable[: self._size] = self.epc[name].allocatable
-        used = np.where(view == NO_FIT, 0.0, allocatable - view.astype(np.float64))
-        self._fractions[name] = (self.version, used, allocatable)
+        used = _used(view, allocatable)
+        read = len(self._touched)
+        self._fractions[name] = _Fractions(self._layout, read, self.version, used, allocatable)
         return used, allocatable
 
     def epc_names_advertised(self) -> list[str]:

@@ -1,0 +1,445 @@
+"""kube-scheduler's scheduling loop against the extender and against a do-nothing extender.
+
+kube-scheduler schedules one pod at a time and waits for each extender call, so what the
+extender costs is its time per request, one at a time, while the cluster changes between
+requests. This plays kube-scheduler's part, per pod:
+
+1. `NodeNames` = the nodes its own NodeResourcesFit passes, in the order its parallel filter
+   reports them: the node list cut into chunks of `min(√n, n/16 + 1)` nodes (the parallelizer's
+   chunk size for 16 workers), the chunks in a random order;
+2. `POST /filter`, then `POST /prioritize` with the list filter passed, when more than one did;
+3. the best total score wins (extender score × weight 5 × 10, ties at random as selectHost
+   breaks them), and the pod is bound with a `pods/binding` in the fake API server that the
+   extender follows with `--kubeconfig`: the binding's watch event reaches it between pods.
+
+The do-nothing extender (plain aiohttp on uvloop: filter echoes `NodeNames`, prioritize answers
+`[]`) runs the same loop in the same run against its own copy of the API server; blocks of pods
+alternate between the two, so a noisy machine slows both alike. Time per pod is the filter and
+prioritize round trips, which the scheduling cycle waits for; kube-scheduler binds
+asynchronously, so the bind is outside it. Also timed in-process: `ExtenderService.filter` and
+`prioritize` per pod with the previous pod bound into the snapshot between pods.
+
+Prints one JSON line. Targets (issue 10): pods/s ratio to the do-nothing extender >= 0.95 at
+1,000 and 5,000 nodes; in-process time per pod at 5,000 nodes <= 1.5x that at 1,000.
+
+Roles (internal): `--role api` serves a fake API server, `--role noop` the do-nothing extender.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import math
+import os
+import random
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cluster import EPC, node, pod
+
+from epcsched.core.snapshot import ClusterSnapshot
+from epcsched.extender.service import ExtenderService
+from epcsched.model import NodeInfo, PodInfo
+from epcsched.netutil import free_port
+
+HERE = Path(__file__).resolve()
+NAMESPACE = "enclaves"
+NODE_GIB = 32
+POD_MIB = (64, 128, 256)
+WEIGHT = 5
+WORKERS = 16
+"""kube-scheduler's default parallelism, which sets the filter's chunk size."""
+
+
+# ----- roles run as their own processes ----------------------------------------------------
+class _NoopArgs(msgspec.Struct):
+    NodeNames: msgspec.Raw = msgspec.Raw(b"null")
+
+
+def serve_api(port: int, token: str, load: Path) -> None:
+    from epcsched.testing.apiserver import FakeApiServer
+
+    async def main() -> None:
+        api = FakeApiServer(port=port, token=token, bookmark_interval=1.0)
+        api.store.load_many(orjson.loads(load.read_bytes())["items"])
+        await api.start()
+        await asyncio.Event().wait()
+
+    import uvloop
+
+    uvloop.run(main())
+
+
+def serve_noop(port: int) -> None:
+    """The cheapest correct extender: filter echoes `NodeNames`, prioritize answers `[]`."""
+    import uvloop
+    from aiohttp import web
+
+    decoder = msgspec.json.Decoder(_NoopArgs)
+
+    async def filter_(request: web.Request) -> web.Response:
+        names = bytes(decoder.decode(await request.read()).NodeNames)
+        return web.Response(body=b'{"NodeNames":' + names + b"}", content_type="application/json")
+
+    async def prioritize(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b"[]", content_type="application/json")
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application(client_max_size=64 * 2**20)
+    app.router.add_post("/filter", filter_)
+    app.router.add_post("/prioritize", prioritize)
+    app.router.add_get("/readyz", ready)
+    web.run_app(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop=uvloop.new_event_loop(),
+        print=None,
+        access_log=None,
+    )
+
+
+# ----- the loop ----------------------------------------------------------------------------
+def chunk_size(n: int) -> int:
+    """kube-scheduler's `chunkSizeFor(n, parallelism)`."""
+    size = max(1, math.isqrt(n))
+    return min(size, n // WORKERS + 1)
+
+
+def pod_sizes(count: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.choice(POD_MIB) for _ in range(count)]
+
+
+def cluster_objects(nodes: int, sizes: list[int]) -> dict[str, Any]:
+    items: list[dict[str, Any]] = [node(f"aks-dcsv3-{i:05d}", NODE_GIB) for i in range(nodes)]
+    items += [
+        pod(f"pending-{j:05d}", None, mib, namespace=NAMESPACE) for j, mib in enumerate(sizes)
+    ]
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+@dataclass
+class Scheduler:
+    """kube-scheduler's side of one run: its node order, its own fit, its choice of host."""
+
+    names: list[str]
+    seed: int
+
+    def __post_init__(self) -> None:
+        self.free = np.full(len(self.names), NODE_GIB * 2**30, dtype=np.int64)
+        self.index = {n: i for i, n in enumerate(self.names)}
+        self.encoded = [orjson.dumps(n) for n in self.names]
+        self.rng = random.Random(self.seed)
+        size = chunk_size(len(self.names))
+        self.chunks = [
+            range(s, min(s + size, len(self.names))) for s in range(0, len(self.names), size)
+        ]
+
+    def node_names(self, need: int) -> bytes:
+        """The `NodeNames` array for a pod needing `need` bytes, chunks in a random order."""
+        fits = (self.free >= need).tolist()
+        order = list(range(len(self.chunks)))
+        self.rng.shuffle(order)
+        enc = self.encoded
+        return b"[" + b",".join([enc[i] for k in order for i in self.chunks[k] if fits[i]]) + b"]"
+
+    def choose(self, passing: list[str], scores: dict[str, int]) -> str:
+        best = max(scores.get(n, 0) * WEIGHT * 10 for n in passing)
+        return self.rng.choice([n for n in passing if scores.get(n, 0) * WEIGHT * 10 == best])
+
+
+def body(pod_raw: bytes, names: bytes) -> bytes:
+    return b'{"Pod":' + pod_raw + b',"Nodes":null,"NodeNames":' + names + b"}"
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection, as kube-scheduler keeps to its extender."""
+
+    def __init__(self, port: int, headers: dict[str, str] | None = None) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
+
+    def post(self, path: str, payload: bytes) -> tuple[int, bytes, float]:
+        started = time.perf_counter()
+        self.conn.request("POST", path, body=payload, headers=self.headers)
+        response = self.conn.getresponse()
+        data = response.read()
+        return response.status, data, time.perf_counter() - started
+
+
+@dataclass
+class Run:
+    """One extender under the loop: its connections, kube-scheduler's view, the timings."""
+
+    name: str
+    extender: Connection
+    api: Connection
+    scheduler: Scheduler
+    per_pod: list[float] = field(default_factory=list)
+    bind: list[float] = field(default_factory=list)
+    prioritize_calls: int = 0
+    hosts: set[str] = field(default_factory=set)
+
+    def schedule(self, index: int, need_mib: int, *, timed: bool) -> None:
+        name = f"pending-{index:05d}"
+        pod_raw = orjson.dumps(pod(name, None, need_mib, namespace=NAMESPACE))
+        need = need_mib * 2**20
+        names = self.scheduler.node_names(need)
+        status, data, took = self.extender.post("/filter", body(pod_raw, names))
+        if status != 200:
+            raise RuntimeError(f"{self.name} /filter: HTTP {status}: {data[:200]!r}")
+        passing: list[str] = orjson.loads(data)["NodeNames"] or []
+        scores: dict[str, int] = {}
+        if len(passing) > 1:
+            status, data, more = self.extender.post(
+                "/prioritize", body(pod_raw, orjson.dumps(passing))
+            )
+            if status != 200:
+                raise RuntimeError(f"{self.name} /prioritize: HTTP {status}: {data[:200]!r}")
+            took += more
+            self.prioritize_calls += 1
+            scores = {e["Host"]: e["Score"] for e in orjson.loads(data)}
+        if not passing:
+            raise RuntimeError(f"{self.name}: no node passed for {name}")
+        host = self.scheduler.choose(passing, scores)
+        binding = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": name, "uid": f"uid-{name}"},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": host},
+        }
+        status, data, bind_took = self.api.post(
+            f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/binding", orjson.dumps(binding)
+        )
+        if status != 201:
+            raise RuntimeError(f"{self.name} bind {name}: HTTP {status}: {data[:200]!r}")
+        self.scheduler.free[self.scheduler.index[host]] -= need
+        self.hosts.add(host)
+        if timed:
+            self.per_pod.append(took)
+            self.bind.append(bind_took)
+
+    def stats(self) -> dict[str, Any]:
+        ordered = sorted(self.per_pod)
+        total = sum(ordered)
+        return {
+            "pods_per_s": round(len(ordered) / total, 1),
+            "p50_ms": round(ordered[len(ordered) // 2] * 1000, 3),
+            "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 3),
+            "mean_ms": round(total / len(ordered) * 1000, 3),
+            "bind_p50_ms": round(statistics.median(self.bind) * 1000, 3),
+            "prioritize_calls": self.prioritize_calls,
+            "nodes_used": len(self.hosts),
+        }
+
+
+def start(args: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "KUBERNETES_SERVICE_HOST": ""},
+    )
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], path: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"process exited with {proc.returncode}: {err[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing ready on port {port} within {timeout}s")
+
+
+def loop(nodes: int, pods: int, warmup: int, block: int, workdir: Path) -> dict[str, Any]:
+    """Both extenders under the same loop at `nodes` nodes, blocks of pods alternating."""
+    sizes = pod_sizes(warmup + pods, seed=nodes)
+    load = workdir / f"cluster-{nodes}.json"
+    load.write_bytes(orjson.dumps(cluster_objects(nodes, sizes)))
+    names = [f"aks-dcsv3-{i:05d}" for i in range(nodes)]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        runs: list[Run] = []
+        for name in ("epcsched", "do_nothing"):
+            api_port, ext_port, token = free_port(), free_port(), secrets.token_hex(8)
+            api = start(
+                [
+                    str(HERE),
+                    "--role",
+                    "api",
+                    "--port",
+                    str(api_port),
+                    "--token",
+                    token,
+                    "--load",
+                    str(load),
+                ]
+            )
+            procs.append(api)
+            wait_ready(api_port, api, "/healthz")
+            if name == "epcsched":
+                from epcsched.testing.apiserver import kubeconfig
+
+                path = workdir / f"kubeconfig-{nodes}"
+                path.write_text(json.dumps(kubeconfig(f"http://127.0.0.1:{api_port}", token)))
+                extender = start(
+                    [
+                        "-m",
+                        "epcsched",
+                        "extender",
+                        "--kubeconfig",
+                        str(path),
+                        "--port",
+                        str(ext_port),
+                        "--log-level",
+                        "WARNING",
+                    ]
+                )
+            else:
+                extender = start([str(HERE), "--role", "noop", "--port", str(ext_port)])
+            procs.append(extender)
+            wait_ready(ext_port, extender, "/readyz")
+            runs.append(
+                Run(
+                    name,
+                    Connection(ext_port),
+                    Connection(api_port, {"Authorization": f"Bearer {token}"}),
+                    Scheduler(names, seed=nodes),
+                )
+            )
+        for run in runs:
+            for i in range(warmup):
+                run.schedule(i, sizes[i], timed=False)
+        for first in range(warmup, warmup + pods, block):
+            for run in runs:
+                for i in range(first, min(first + block, warmup + pods)):
+                    run.schedule(i, sizes[i], timed=True)
+        ours, floor = (r.stats() for r in runs)
+        return {
+            "nodes": nodes,
+            "pods": pods,
+            "chunk": chunk_size(nodes),
+            "epcsched": ours,
+            "do_nothing": floor,
+            "ratio": round(ours["pods_per_s"] / floor["pods_per_s"], 3),
+        }
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def in_process(nodes: int, pods: int, warmup: int) -> dict[str, Any]:
+    """`filter` + `prioritize` per pod in-process, each pod bound into the snapshot after."""
+    snapshot = ClusterSnapshot({EPC: 1})
+    names = [f"aks-dcsv3-{i:05d}" for i in range(nodes)]
+    for name in names:
+        snapshot.upsert_node(
+            NodeInfo(name, {EPC: NODE_GIB * 2**30}, cpu_milli=8000, memory=64 * 2**30)
+        )
+    service = ExtenderService(lambda: snapshot, strategy="binpack")
+    scheduler = Scheduler(names, seed=nodes)
+    sizes = pod_sizes(warmup + pods, seed=nodes)
+    times = []
+    for i, mib in enumerate(sizes):
+        name = f"pending-{i:05d}"
+        pod_raw = orjson.dumps(pod(name, None, mib, namespace=NAMESPACE))
+        need = mib * 2**20
+        request = body(pod_raw, scheduler.node_names(need))
+        started = time.perf_counter()
+        reply = service.filter(request)
+        passing = orjson.loads(reply)["NodeNames"]
+        scores = orjson.loads(service.prioritize(body(pod_raw, orjson.dumps(passing))))
+        took = time.perf_counter() - started
+        host = scheduler.choose(passing, {e["Host"]: e["Score"] for e in scores})
+        scheduler.free[scheduler.index[host]] -= need
+        snapshot.upsert_pod(
+            PodInfo(
+                NAMESPACE,
+                name,
+                f"uid-{name}",
+                node_name=host,
+                phase="Running",
+                epc={EPC: need},
+                cpu_milli=100,
+                memory=256 * 2**20,
+            )
+        )
+        if i >= warmup:
+            times.append(took)
+    times.sort()
+    return {
+        "nodes": nodes,
+        "p50_us": round(times[len(times) // 2] * 1e6, 1),
+        "p99_us": round(times[int(0.99 * len(times))] * 1e6, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1000,5000", help="node counts, comma-separated")
+    parser.add_argument("--pods", type=int, default=1000, help="timed pods per extender and size")
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--block", type=int, default=50, help="pods per alternating block")
+    parser.add_argument("--role", choices=["api", "noop"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--token", help=argparse.SUPPRESS)
+    parser.add_argument("--load", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "api":
+        serve_api(args.port, args.token, args.load)
+        return 0
+    if args.role == "noop":
+        serve_noop(args.port)
+        return 0
+    sizes = [int(s) for s in args.sizes.split(",")]
+    result: dict[str, Any] = {"loop": [], "in_process": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for nodes in sizes:
+            result["loop"].append(loop(nodes, args.pods, args.warmup, args.block, Path(tmp)))
+    for nodes in sizes:
+        result["in_process"].append(in_process(nodes, args.pods, args.warmup))
+    ratios = [r["ratio"] for r in result["loop"]]
+    per_pod = [r["p50_us"] for r in result["in_process"]]
+    result["targets_met"] = {
+        "ratio>=0.95": all(r >= 0.95 for r in ratios),
+        "in_process_largest/smallest<=1.5": per_pod[-1] / per_pod[0] <= 1.5,
+    }
+    result["in_process_growth"] = round(per_pod[-1] / per_pod[0], 2)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -35,6 +35,7 @@ import msgspec
 import yaml
 from aiohttp import web
 
+from epcsched.testing.access import AccessPolicy
 from epcsched.testing.selectors import Selector, SelectorError
 from epcsched.testing.store import (
     BY_KIND,
@@ -170,6 +171,7 @@ class ServerSettings:
 STORE = web.AppKey("store", Store)
 FAULTS = web.AppKey("faults", Faults)
 SETTINGS = web.AppKey("settings", ServerSettings)
+ACCESS = web.AppKey("access", AccessPolicy)
 
 
 # ----- helpers ---------------------------------------------------------------------------
@@ -573,6 +575,11 @@ async def _dispatch(
     resource = target.resource
     method = request.method
     name = target.name
+    if resource.plural in ("tokenreviews", "subjectaccessreviews"):
+        if method != "POST" or name is not None:
+            raise ApiError(405, f"method {method} is not allowed on {resource.plural}")
+        review = await _object_body(request, resource.kind)
+        return _json(request.app[ACCESS].review(resource.kind, review), 201)
     if resource.plural == "bindings":
         if method != "POST" or name is not None:
             raise ApiError(405, f"method {method} is not allowed on bindings")
@@ -838,13 +845,15 @@ def create_app(
     *,
     faults: Faults | None = None,
     settings: ServerSettings | None = None,
+    access: AccessPolicy | None = None,
 ) -> web.Application:
-    """Build the fake API server; `store` and `faults` stay reachable for the test."""
+    """Build the fake API server; `store`, `faults` and `access` stay reachable for the test."""
     app = web.Application(middlewares=[_no_tracebacks], client_max_size=64 * 2**20)
     app[STORE] = store or Store()
     app[FAULTS] = faults or Faults()
     app[FAULTS].store = app[STORE]
     app[SETTINGS] = settings or ServerSettings()
+    app[ACCESS] = access or AccessPolicy()
     app[PAGES] = _Pages()
     for path in ("/version", "/api", "/api/v1", "/apis", "/apis/{group}/{version}"):
         # Clients ask for discovery documents with and without a trailing slash.
@@ -910,10 +919,14 @@ class FakeApiServer:
         self.token = token if token is not None else secrets.token_hex(16)
         self.store = Store(history=history)
         self.faults = Faults()
+        self.access = AccessPolicy()
+        """Tokens and grants that TokenReviews and SubjectAccessReviews are answered from."""
         self.settings = ServerSettings(
             token=self.token, bookmark_interval=bookmark_interval, watch_timeout=watch_timeout
         )
-        self.app = create_app(self.store, faults=self.faults, settings=self.settings)
+        self.app = create_app(
+            self.store, faults=self.faults, settings=self.settings, access=self.access
+        )
         self._runner: web.AppRunner | None = None
 
     @property

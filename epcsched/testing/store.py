@@ -96,6 +96,18 @@ RESOURCES: tuple[Resource, ...] = (
         "machine",
         custom=True,
     ),
+    # Create-only reviews that aggregated API servers send; answered, never stored (access.py).
+    Resource(
+        "authentication.k8s.io", "v1", "tokenreviews", "TokenReview", False, verbs=("create",)
+    ),
+    Resource(
+        "authorization.k8s.io",
+        "v1",
+        "subjectaccessreviews",
+        "SubjectAccessReview",
+        False,
+        verbs=("create",),
+    ),
 )
 
 BY_KIND: dict[str, Resource] = {r.kind: r for r in RESOURCES}

@@ -239,6 +239,39 @@ def test_pod_leaving_disappears_from_next_scrape(scrape: tuple[Path, str]) -> No
     assert samples[pod(POD_A)] == 16 * MiB
 
 
+@pytest.mark.parametrize("layout", ["systemd", "cgroupfs"])
+def test_misc_events_give_each_pods_limit_hits_as_a_counter(
+    scrape: tuple[Path, str], layout: str
+) -> None:
+    """`sgx_epc.max` in a pod cgroup's misc.events becomes
+    epcsched_cgroup_epc_max_events_total{node,pod}; other resources' lines are not EPC, and a
+    pod whose kernel has no misc.events has no series rather than a zero."""
+    root, url = scrape
+    base = misc_tree(root, layout=layout, root_current=40 * MiB)
+    if layout == "systemd":
+        kp = base / "kubepods.slice"
+        dir_a = (
+            kp / f"kubepods-burstable.slice/kubepods-burstable-pod{POD_A.replace('-', '_')}.slice"
+        )
+        dir_b = kp / f"kubepods-pod{POD_B.replace('-', '_')}.slice"
+    else:
+        dir_a = base / f"kubepods/burstable/pod{POD_A}"
+        dir_b = base / f"kubepods/pod{POD_B}"
+    write(dir_a / "misc.events", "res_a.max 9\nsgx_epc.max 42\n")
+    write(dir_b / "misc.events", "res_a.max 1\n")
+    hits = ("epcsched_cgroup_epc_max_events_total", (("node", "sgx-1"), ("pod", POD_A)))
+    samples = fetch(url)
+    assert samples[hits] == 42
+    assert [key for key in samples if key[0] == hits[0]] == [hits]
+    write(dir_a / "misc.events", "sgx_epc.max 45\n")
+    assert fetch(url)[hits] == 45
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    types = {f.name: f.type for f in text_string_to_metric_families(text)}
+    assert types["epcsched_cgroup_epc_max_events"] == "counter"
+    assert read_epc(root).pod_max_events == {POD_A: 45}
+
+
 def test_cgroup_v1_misc_hierarchy(tmp_path: Path) -> None:
     misc_tree(tmp_path, layout="cgroupfs", root_current=10 * MiB, v1=True)
     reading = read_epc(tmp_path)

@@ -21,6 +21,7 @@ FREE = "epcsched_node_epc_free_bytes"
 EVICTED = "epcsched_node_epc_evicted_pages"
 LOADED_BACK = "epcsched_node_epc_loaded_back_pages"
 CGROUP = "epcsched_cgroup_epc_bytes"
+CGROUP_MAX_EVENTS = "epcsched_cgroup_epc_max_events"
 
 _HELP = {
     CAPACITY: "Total EPC of the node, as the kernel reports it.",
@@ -28,6 +29,8 @@ _HELP = {
     EVICTED: "EPC pages evicted to normal memory since boot (SGX driver counter).",
     LOADED_BACK: "EPC pages loaded back from normal memory since boot (SGX driver counter).",
     CGROUP: "EPC charged to a pod's misc cgroup (sgx_epc), by pod UID.",
+    CGROUP_MAX_EVENTS: "Times a pod's misc cgroup refused EPC over its limit (misc.events "
+    "sgx_epc.max), by pod UID.",
 }
 
 
@@ -45,6 +48,9 @@ class EpcCollector(Collector):
         yield CounterMetricFamily(EVICTED, _HELP[EVICTED], labels=["node"])
         yield CounterMetricFamily(LOADED_BACK, _HELP[LOADED_BACK], labels=["node"])
         yield GaugeMetricFamily(CGROUP, _HELP[CGROUP], labels=["node", "pod"])
+        yield CounterMetricFamily(
+            CGROUP_MAX_EVENTS, _HELP[CGROUP_MAX_EVENTS], labels=["node", "pod"]
+        )
 
     def collect(self) -> Iterator[Metric]:
         yield from families(read_epc(self.root), self.node)
@@ -67,3 +73,10 @@ def families(reading: EpcReading, node: str) -> Iterator[Metric]:
         for uid in sorted(reading.pods):
             pods.add_metric([node, uid], reading.pods[uid])
         yield pods
+    if reading.pod_max_events:
+        hits = CounterMetricFamily(
+            CGROUP_MAX_EVENTS, _HELP[CGROUP_MAX_EVENTS], labels=["node", "pod"]
+        )
+        for uid in sorted(reading.pod_max_events):
+            hits.add_metric([node, uid], reading.pod_max_events[uid])
+        yield hits

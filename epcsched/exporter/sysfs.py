@@ -9,7 +9,8 @@ Kernels differ in what they expose, so every source is optional and read on its 
   `sgx_nr_evicted`, `sgx_loaded_back`, ...), counted in 4 KiB pages;
 - the proposed SGX EPC misc cgroup controller: `sgx_epc <bytes>` lines in `misc.capacity` at the
   cgroup root and in `misc.current` of each cgroup, so kubelet's pod cgroups show what each pod
-  holds.
+  holds, and `sgx_epc.max <count>` in each cgroup's `misc.events`: how often a charge was refused
+  because it would have gone over the cgroup's `misc.max` (the enclave wanted more than its limit).
 
 The root is a parameter because the exporter runs in a DaemonSet pod that sees the host's `/sys`
 mounted wherever the manifest puts it, and because tests build these trees as plain files. A
@@ -61,6 +62,8 @@ class EpcReading:
     """EPC pages read back in since boot (the driver's `sgx_loaded_back`)."""
     pods: dict[str, int] = field(default_factory=dict)
     """EPC charged to each pod's cgroup in bytes, by pod UID."""
+    pod_max_events: dict[str, int] = field(default_factory=dict)
+    """Times each pod's cgroup was refused EPC over its `misc.max` (`misc.events`), by pod UID."""
     sources: tuple[str, ...] = ()
     """Which kernel interfaces answered: `numa`, `isgx`, `misc`."""
 
@@ -78,15 +81,15 @@ def _read_int(path: Path) -> int | None:
     return value if value >= 0 else None
 
 
-def _read_misc(path: Path) -> int | None:
-    """The `sgx_epc` value of a flat-keyed misc cgroup file, or None."""
+def _read_misc(path: Path, key: str = MISC_RESOURCE) -> int | None:
+    """The `key` value (`sgx_epc` by default) of a flat-keyed misc cgroup file, or None."""
     try:
         text = path.read_text()
     except OSError:
         return None
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[0] == MISC_RESOURCE:
+        if len(parts) == 2 and parts[0] == key:
             try:
                 value = int(parts[1])
             except ValueError:
@@ -113,8 +116,10 @@ def _misc_root(root: Path) -> Path | None:
     return None
 
 
-def _pod_usage(base: Path) -> dict[str, int]:
+def _pod_usage(base: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """EPC held and `max` events of each pod cgroup under `base`, by pod UID."""
     pods: dict[str, int] = {}
+    events: dict[str, int] = {}
     for parent, pattern in _POD_PARENTS:
         try:
             entries = list((base / parent).iterdir())
@@ -125,10 +130,16 @@ def _pod_usage(base: Path) -> dict[str, int]:
             if match is None:
                 continue
             # Pods come and go between the listing and the read; a vanished one is skipped.
+            uid = match[1].replace("_", "-")
             value = _read_misc(entry / "misc.current")
             if value is not None:
-                pods[match[1].replace("_", "-")] = value
-    return pods
+                pods[uid] = value
+            # Hierarchical count (it includes the pod's containers), only on kernels that
+            # have misc.events; absent there means unknown, not zero.
+            hits = _read_misc(entry / "misc.events", f"{MISC_RESOURCE}.max")
+            if hits is not None:
+                events[uid] = hits
+    return pods, events
 
 
 def read_epc(root: Path) -> EpcReading:
@@ -149,13 +160,14 @@ def read_epc(root: Path) -> EpcReading:
     misc_capacity: int | None = None
     misc_used: int | None = None
     pods: dict[str, int] = {}
+    pod_events: dict[str, int] = {}
     base = _misc_root(root)
     if base is not None:
         misc_capacity = _read_misc(base / "misc.capacity")
         # Only newer kernels show misc.current in the root cgroup; without it the node-wide
         # figure is unknown (pods' cgroups do not cover aesmd or other host enclaves).
         misc_used = _read_misc(base / "misc.current")
-        pods = _pod_usage(base)
+        pods, pod_events = _pod_usage(base)
         if misc_capacity is not None or pods:
             sources.append("misc")
 
@@ -178,5 +190,6 @@ def read_epc(root: Path) -> EpcReading:
         evicted_pages=evicted,
         loaded_back_pages=loaded_back,
         pods=pods,
+        pod_max_events=pod_events,
         sources=tuple(sources),
     )

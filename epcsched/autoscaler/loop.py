@@ -66,6 +66,10 @@ class Remover(Protocol):
 
     async def uncordon(self, node: str) -> None: ...
 
+    async def uncordon_all(self) -> list[str]:
+        """Remove every scale-down taint: a drain of a previous leader may have died midway."""
+        ...
+
 
 class StatusStore(Protocol):
     async def load(self) -> dict[str, Any] | None: ...
@@ -244,6 +248,11 @@ class Autoscaler:
         self.metrics.leader.set(1 if leader else 0)
         if leader and not self._was_leader:
             await self._load()
+            if self.remover is not None:
+                # A removal the status records is resumed below and cordons its node again.
+                left = await self.remover.uncordon_all()
+                if left:
+                    log.info("removed leftover scale-down taints from %s", ", ".join(left))
         self._was_leader = leader
         now = self.clock()
         views = await self._observe(now)

@@ -64,15 +64,22 @@ class SimulatedProvider:
         self.calls: list[tuple[str, str, int]] = []
         """(method, pool, target) of every change asked for, for tests and the demo."""
         self._fail: dict[str, list[str]] = {}
+        self._fail_reads: dict[str, list[str]] = {}
         self.epc: dict[str, bool] = {}
         """Pools whose nodes join without EPC allocatable (False)."""
 
-    def fail_next(self, pool: str, message: str, count: int = 1) -> None:
-        """The next `count` calls for `pool` fail with `message`."""
-        self._fail.setdefault(pool, []).extend([message] * count)
+    def fail_next(self, pool: str, message: str, count: int = 1, *, reads: bool = False) -> None:
+        """The next `count` changes asked of `pool` (or reads of its size, with `reads`) fail
+        with `message`, as a cloud out of quota refuses to scale but still answers reads."""
+        faults = self._fail_reads if reads else self._fail
+        faults.setdefault(pool, []).extend([message] * count)
 
-    def _check(self, pool: NodePoolSettings) -> None:
-        pending = self._fail.get(pool.name)
+    def clear_faults(self) -> None:
+        self._fail.clear()
+        self._fail_reads.clear()
+
+    def _check(self, pool: NodePoolSettings, *, read: bool = False) -> None:
+        pending = (self._fail_reads if read else self._fail).get(pool.name)
         if pending:
             raise ProviderError(f"simulated pool {pool.name}: {pending.pop(0)}")
 
@@ -80,7 +87,7 @@ class SimulatedProvider:
         return len(self.nodes.get(pool, ())) + len(self.booting.get(pool, {}))
 
     async def size(self, pool: NodePoolSettings) -> PoolSize:
-        self._check(pool)
+        self._check(pool, read=True)
         return PoolSize(target=self.target(pool.name))
 
     async def set_target(self, pool: NodePoolSettings, target: int) -> None:

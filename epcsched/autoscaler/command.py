@@ -182,6 +182,7 @@ async def _snapshot_once(config: Config, args: argparse.Namespace) -> dict[str, 
     from epcsched.kube.snapshot import load_snapshot
 
     snapshot = load_snapshot(args.snapshot, config)
-    if len(snapshot) == 0:
-        raise CommandError(f"--snapshot: no Node in {', '.join(args.snapshot)}")
+    if len(snapshot) == 0 and not snapshot.pods:
+        # No Node alone is a cluster scaled to zero; nothing at all is the wrong file.
+        raise CommandError(f"--snapshot: no Node or Pod in {', '.join(args.snapshot)}")
     return await runtime.snapshot_once(config, snapshot, list(args.snapshot))

@@ -2,8 +2,9 @@
 
 First the extender serves the example snapshot on a loopback port and answers the filter and
 prioritize bodies kube-scheduler would send for the bundled enclave pod; then the same extender
-follows a (fake, in-process) API server as enclave pods come and go; last, the tiny simulation
-scenario compares every placement policy, with plots written under `out/demo/`.
+follows a (fake, in-process) API server as enclave pods come and go; then the tiny simulation
+scenario compares every placement policy, with plots written under `out/demo/`; last, the
+autoscaler grows a simulated SGX pool for enclave pods that do not fit and shrinks it back.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ async def extender_decision(out: Any = sys.stdout) -> None:
 
 
 async def run_all(out_dir: Path) -> None:
+    from epcsched.autoscaler.demo import autoscaler_demo
     from epcsched.kube.demo import cluster_demo
     from epcsched.simulation.demo import run_demo
 
@@ -80,6 +82,7 @@ async def run_all(out_dir: Path) -> None:
     print("\n== offline simulation: the same policy code over a replayed workload\n")
     # Simulation is CPU-bound and synchronous; it runs off the loop like any blocking work.
     await asyncio.to_thread(run_demo, out_dir)
+    await autoscaler_demo()
 
 
 def main() -> int:

@@ -264,12 +264,39 @@ class AutoscalerSettings:
 
 
 @dataclass
+class MetricsApiSettings:
+    host: str = "0.0.0.0"
+    """Address `epcsched metrics-api` listens on (the aggregator reaches it via its Service)."""
+    port: int = field(default=6443, metadata=_parse(_port))
+    """HTTPS port."""
+    tls_cert: str | None = None
+    """PEM serving certificate (chain) file; unset: a self-signed one is made at start-up."""
+    tls_key: str | None = None
+    """PEM private key file of tlsCert."""
+    window: float = field(default=120.0, metadata=_parse(parse_duration))
+    """How old a pod's newest EPC sample may be, and the window rates are taken over."""
+    cache_ttl: float = field(default=10.0, metadata=_parse(parse_duration))
+    """How long one Prometheus answer serves every request."""
+    auth_cache_ttl: float = field(default=10.0, metadata=_parse(parse_duration))
+    """How long a TokenReview or SubjectAccessReview answer is reused."""
+    pod_label: str = "pod"
+    """Label of the per-pod series that holds the pod UID."""
+    usage_query: str = "max by (pod) (last_over_time(epcsched_cgroup_epc_bytes[{window}]))"
+    """PromQL for EPC bytes per pod UID; `{window}` becomes the window."""
+    limit_hits_query: str = "max by (pod) (rate(epcsched_cgroup_epc_max_events_total[{window}]))"
+    """PromQL for EPC limit hits per second per pod UID."""
+    paging_query: str = "sum by (node) (rate(epcsched_node_epc_evicted_pages_total[{window}]))"
+    """PromQL for EPC pages evicted per second per node (node label: prometheus.nodeLabel)."""
+
+
+@dataclass
 class Config:
     epc: EpcSettings = field(default_factory=EpcSettings)
     extender: ExtenderSettings = field(default_factory=ExtenderSettings)
     prometheus: PrometheusSettings = field(default_factory=PrometheusSettings)
     pressure: PressureSettings = field(default_factory=PressureSettings)
     autoscaler: AutoscalerSettings = field(default_factory=AutoscalerSettings)
+    metrics_api: MetricsApiSettings = field(default_factory=MetricsApiSettings)
 
     @property
     def accounting(self) -> str:

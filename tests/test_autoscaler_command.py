@@ -189,7 +189,7 @@ def test_an_idle_node_is_listed_for_removal(
         "reason": result["pools"][0]["reason"],
         "nodesToRemove": ["a-0"],
     }
-    assert result["pools"][0]["reason"].startswith("a-0: utilization 0.00 below 0.5")
+    assert result["pools"][0]["reason"].startswith("utilization 0.00 below 0.5")
 
 
 @pytest.mark.parametrize(

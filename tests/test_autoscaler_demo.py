@@ -77,9 +77,9 @@ async def test_autoscaler_demo_grows_the_pool_binds_and_shrinks_it_back() -> Non
     # They finish; only then does the pool shrink, one node at a time, back to minSize.
     finished = _first(lines, "the batch finished: 4 pods Succeeded")
     assert finished > max(i for i, _ in bound.values())
-    first_down = _first(lines, "pool sgx: scale-down 3 -> 2: sgx-sim-", finished)
+    first_down = _first(lines, "pool sgx: scale-down 3 -> 2: utilization 0.00", finished)
     first_gone = _first(lines, "removed", first_down)
-    second_down = _first(lines, "pool sgx: scale-down 2 -> 1: sgx-sim-", first_gone)
+    second_down = _first(lines, "pool sgx: scale-down 2 -> 1: utilization 0.00", first_gone)
     _first(lines, "removed", second_down)
     assert not any("scale-down" in line for line in lines[:finished])
     assert not any("pool sgx: scale-up" in line for line in lines[finished:])
@@ -95,7 +95,11 @@ async def test_autoscaler_demo_grows_the_pool_binds_and_shrinks_it_back() -> Non
     events = lines[_first(lines, "Events the autoscaler wrote", nodes) :]
     triggered = {line.split()[1] for line in events if " TriggeredScaleUp " in line}
     assert triggered == set(BATCH)
-    removed = [line.split()[1] for line in events if line.split()[:1] == ["Node"]]
+    removed = [
+        line.split()[1]
+        for line in events
+        if line.split()[:1] == ["Node"] and "node removed by epcsched" in line
+    ]
     assert sorted(removed) == sorted(set(node for _, node in bound.values()))
     assert all(" ScaleDown " in line for line in events if line.split()[:1] == ["Node"])
     _first(lines, "sgx: current 1, target 1, inFlight 0, lastScaleUp ", nodes)

@@ -58,6 +58,7 @@ def kube_parts(
             api,
             max_pod_eviction_time=max_pod_eviction_time,
             retry_interval=eviction_retry,
+            events=recorder,
             clock=clock,
             sleep=sleep,
         ),

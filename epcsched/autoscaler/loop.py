@@ -409,8 +409,8 @@ class Autoscaler:
         if not ok:
             self.metrics.errors.labels("drain").inc()
             log.warning("pool %s: node %s stays: %s", pool.name, node, why)
+            # The drainer has recorded ScaleDownFailed on the node with the same reason.
             self.state = removal_failed(self.state, pool.name, node, now, self.policy)
-            await self._event(ObjectRef("Node", "", node), "Warning", "ScaleDownFailed", why)
             await self._save(self.last_decision)
             return
         try:
@@ -422,6 +422,9 @@ class Autoscaler:
                     await self.remover.uncordon(node)
             self.state = removal_failed(self.state, pool.name, node, now, self.policy)
             self._failed(pool.name, exc, now, f"removing node {node}")
+            await self._event(
+                ObjectRef("Node", "", node), "Warning", "ScaleDownFailed", f"the provider: {exc}"
+            )
             await self._save(self.last_decision)
             return
         self.state = removal_done(self.state, pool.name, node, now)

@@ -239,9 +239,11 @@ async def controller(
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
     with contextlib.suppress(NotImplementedError, RuntimeError):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
     registry = CollectorRegistry()
     state = InformerState(configuration, config)
     api = client.ApiClient(configuration)
@@ -326,3 +328,5 @@ async def controller(
             await telemetry.stop()
         await state.stop()
         await api.close()
+        for sig in handled:
+            loop.remove_signal_handler(sig)

@@ -402,7 +402,7 @@ def decide(
             node, why = downs[view.name]
             memory = dataclasses.replace(memory, removing=node, removing_since=now)
             decision = PoolDecision(
-                view.name, before, size - 1, SCALE_DOWN, f"{node}: {why}", (node,), drain=node
+                view.name, before, size - 1, SCALE_DOWN, why, (node,), drain=node
             )
         elif gave is not None:
             count, stuck, why = gave

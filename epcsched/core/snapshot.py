@@ -414,10 +414,11 @@ class ClusterSnapshot:
         if derived is None or derived.layout != self._layout:
             return None
         touched = self._touched
-        changed = touched[derived.read :]
+        # A slot touched twice is simply updated twice, to the same value.
+        changed = np.array(touched[derived.read :], dtype=np.int64)
         derived.read = len(touched)
         derived.version = self.version
-        return np.unique(np.array(changed, dtype=np.int64))
+        return changed
 
     def _fit_at(self, name: str, slots: IntArray) -> IntArray:
         view = np.where(self.epc[name].has[slots], self.free(name, slots), NO_FIT)

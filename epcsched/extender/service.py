@@ -1,21 +1,22 @@
 """Filter and prioritize as pure request-bytes-to-reply-bytes functions over cluster state.
 
 Kept apart from aiohttp so the same code is driven by the HTTP app, the benchmark and tests.
-Hot-path choices, all because kube-scheduler waits for every call: the `NodeNames` list is
-almost the same on every request, so its decoding and name-to-slot lookup are cached against
-its raw bytes (the slots redone only when the node set changes); fit is one gather and one
-comparison per requested EPC name; a reply where every node passes echoes the request's own
-list; a prioritize reply is a fixed-width template with the score digits written in.
+Hot-path choices, all because kube-scheduler waits for every call, one pod at a time: the
+`NodeNames` list is resolved to slots run by run (`names.NameResolver`), never name by name;
+fit is one gather and one comparison per requested EPC name, over free-EPC arrays the snapshot
+keeps current node by node; a reply where every node passes echoes the request's own list; a
+prioritize reply lists only the hosts that score above the lowest (kube-scheduler adds nothing
+for a host it is not given, and a score all candidates share decides nothing), written from
+names pre-encoded by slot.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from epcsched.core.fit import (
     FitMasks,
@@ -28,64 +29,13 @@ from epcsched.core.fit import (
 from epcsched.core.score import normalise, raw_and_eligible, score
 from epcsched.core.snapshot import ClusterSnapshot, IntArray
 from epcsched.extender import wire
+from epcsched.extender.names import NameResolver, SlotNames
 from epcsched.objects import ObjectError, pod_info
 
-ObjectArray = npt.NDArray[np.object_]
-
 _POD_CACHE_SIZE = 64
-_NAMES_CACHE_SIZE = 8
 
-
-@dataclass(slots=True)
-class _NameList:
-    """A decoded `NodeNames` list and what is derived from it."""
-
-    raw: bytes
-    names: list[str]
-    encoded: ObjectArray
-    """Each name as a JSON string literal, ready to join."""
-    generation: int = -1
-    slots: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    score_template: _ScoreTemplate | None = None
-    all_pass_reply: bytes | None = None
-    """The filter reply when every listed node passes: the list echoed back."""
-
-
-@dataclass(frozen=True, slots=True)
-class _ScoreTemplate:
-    """The whole prioritize reply for a name list, with two bytes left for each score.
-
-    Every entry is `{"Host":"<name>","Score":NN}` where NN is ` 0`..`10` (a space is valid
-    JSON whitespace), so entries have a fixed length whatever the scores; a reply is the
-    template with the score digits written in by index.
-    """
-
-    buffer: npt.NDArray[np.uint8]
-    offsets: IntArray
-
-    @classmethod
-    def of(cls, encoded_names: list[bytes]) -> _ScoreTemplate:
-        pieces = [b"["]
-        offsets = []
-        position = 1
-        for i, name in enumerate(encoded_names):
-            head = (b"," if i else b"") + b'{"Host":' + name + b',"Score":'
-            offsets.append(position + len(head))
-            pieces.append(head + b" 0}")
-            position += len(head) + 3
-        pieces.append(b"]")
-        buffer = np.frombuffer(b"".join(pieces), dtype=np.uint8).copy()
-        return cls(buffer, np.array(offsets, dtype=np.int64))
-
-    def render(self, scores: IntArray) -> bytes:
-        out = self.buffer.copy()
-        out[self.offsets] = _TENS[scores]
-        out[self.offsets + 1] = _ONES[scores]
-        return out.tobytes()
-
-
-_TENS = np.frombuffer(b"          1", dtype=np.uint8)
-_ONES = np.frombuffer(b"01234567890", dtype=np.uint8)
+NamesAt = Callable[[IntArray], list[str]]
+"""The request's names at some of its positions."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,55 +67,38 @@ class ExtenderService:
         self.strategy = strategy
         self.prefer_non_sgx = prefer_non_sgx
         self._pods: OrderedDict[bytes, PodRequest] = OrderedDict()
-        # Most recent first. Looked up by length, then compared byte for byte: that is a memcmp,
-        # far cheaper than hashing a list of thousands of names on every request.
-        self._names: list[_NameList] = []
+        self._specs: OrderedDict[bytes, PodRequest] = OrderedDict()
+        self._resolver = NameResolver()
+        self._slot_names = SlotNames()
 
     # ----- decoding with caches ----------------------------------------------------------
     def pod_request(self, raw: bytes, snapshot: ClusterSnapshot) -> PodRequest:
-        cached = self._pods.get(raw)
-        if cached is not None:
-            self._pods.move_to_end(raw)
-            return cached
+        """What the pod asks of a node. Prioritize repeats its filter's pod byte for byte, and
+        the replicas of one workload differ only outside `spec`, which alone decides requests:
+        both are cached, so quantities are parsed once per distinct spec."""
+        request = _cached(self._pods, raw)
+        if request is not None:
+            return request
         pod = wire.decode_pod(raw)
-        try:
-            info = pod_info(pod, snapshot.epc_resources)
-        except ObjectError as exc:
-            raise wire.BadRequest(f"Pod: {exc}") from None
-        request = PodRequest.of(info)
-        self._pods[raw] = request
-        if len(self._pods) > _POD_CACHE_SIZE:
-            self._pods.popitem(last=False)
-        return request
-
-    def _name_list(self, raw: bytes, snapshot: ClusterSnapshot) -> _NameList:
-        entry = None
-        for i, candidate in enumerate(self._names):
-            if len(candidate.raw) == len(raw) and candidate.raw == raw:
-                entry = candidate
-                if i:
-                    self._names.insert(0, self._names.pop(i))
-                break
-        if entry is None:
-            names = wire.decode_node_names(raw)
-            encoded = np.empty(len(names), dtype=object)
-            encoded[:] = [wire.encode_name(n) for n in names]
-            entry = _NameList(raw=raw, names=names, encoded=encoded)
-            self._names.insert(0, entry)
-            del self._names[_NAMES_CACHE_SIZE:]
-        if entry.generation != snapshot.generation:
-            entry.slots = snapshot.slots_of(entry.names)
-            entry.generation = snapshot.generation
-        return entry
+        spec = wire.encode(pod.spec)
+        request = _cached(self._specs, spec)
+        if request is None:
+            try:
+                info = pod_info(pod, snapshot.epc_resources)
+            except ObjectError as exc:
+                raise wire.BadRequest(f"Pod: {exc}") from None
+            request = _remember(self._specs, spec, PodRequest.of(info))
+        return _remember(self._pods, raw, request)
 
     def _args(
         self, body: bytes, snapshot: ClusterSnapshot
-    ) -> tuple[wire.ExtenderArgs, _NameList | None]:
+    ) -> tuple[wire.ExtenderArgs, IntArray | None]:
+        """The request's parts and, in cache mode, the slot of each listed name."""
         args = wire.split_args(body)
         if args.node_names_raw is None or args.nodes_raw is not None:
             return args, None
         try:
-            return args, self._name_list(args.node_names_raw, snapshot)
+            return args, self._resolver.resolve(args.node_names_raw, snapshot)
         except wire.BadRequest:
             if not args.names_from_tail:
                 raise
@@ -173,7 +106,7 @@ class ExtenderService:
         args = wire.split_args(body, fast=False)
         if args.node_names_raw is None or args.nodes_raw is not None:
             return args, None
-        return args, self._name_list(args.node_names_raw, snapshot)
+        return args, self._resolver.resolve(args.node_names_raw, snapshot)
 
     # ----- full-nodes mode ---------------------------------------------------------------
     def _full_nodes(self, snapshot: ClusterSnapshot, raw: bytes) -> _FullNodes:
@@ -206,7 +139,7 @@ class ExtenderService:
         ok = masks.ok.copy()
         known = np.flatnonzero(nodes.slots >= 0)
         failed, unresolvable = self._failures(
-            snapshot, request, nodes.names, nodes.slots, masks, among=known
+            snapshot, request, nodes.slots, masks, _names_at(nodes.names), among=known
         )
         if nodes.scratch is not None and nodes.scratch_slots is not None:
             scratch_masks = fit_masks(nodes.scratch, request, nodes.scratch_slots)
@@ -214,9 +147,9 @@ class ExtenderService:
             more_failed, more_unresolvable = self._failures(
                 nodes.scratch,
                 request,
-                [nodes.names[i] for i in nodes.missing.tolist()],
                 nodes.scratch_slots,
                 scratch_masks,
+                _names_at([nodes.names[i] for i in nodes.missing.tolist()]),
             )
             failed.update(more_failed)
             unresolvable.update(more_unresolvable)
@@ -240,35 +173,44 @@ class ExtenderService:
             )
             raw[nodes.missing] = more_raw
             eligible[nodes.missing] = more_eligible
-        scores = normalise(raw, eligible).tolist()
+        scores = _decisive(normalise(raw, eligible)).tolist()
         return wire.encode(
-            [{"Host": n, "Score": s} for n, s in zip(nodes.names, scores, strict=True)]
+            [{"Host": n, "Score": s} for n, s in zip(nodes.names, scores, strict=True) if s]
         )
 
     # ----- verbs -------------------------------------------------------------------------
     def filter(self, body: bytes) -> bytes:
         snapshot = self._snapshot()
-        args, entry = self._args(body, snapshot)
+        args, slots = self._args(body, snapshot)
         request = self.pod_request(args.pod_raw, snapshot)
-        if entry is None:
+        if slots is None:
             assert args.nodes_raw is not None
             return self._filter_full(snapshot, request, args.nodes_raw)
-        if fits_everywhere(snapshot, request, entry.slots):
-            if entry.all_pass_reply is None:
-                entry.all_pass_reply = wire.filter_reply_names(entry.raw, {}, {})
-            return entry.all_pass_reply
-        masks = fit_masks(snapshot, request, entry.slots)
-        failed, unresolvable = self._failures(snapshot, request, entry.names, entry.slots, masks)
-        names_json = b"[" + b",".join(entry.encoded[masks.ok].tolist()) + b"]"
-        return wire.filter_reply_names(names_json, failed, unresolvable)
+        raw_names = args.node_names_raw
+        assert raw_names is not None
+        if fits_everywhere(snapshot, request, slots):
+            return wire.filter_reply_names(raw_names, {}, {})
+        masks = fit_masks(snapshot, request, slots)
+
+        def names_at(positions: IntArray) -> list[str]:
+            at = slots[positions]
+            if at.shape[0] and at.min() < 0:
+                # A name the cache does not know has no slot to read it from.
+                return _names_at(wire.decode_node_names(raw_names))(positions)
+            known = snapshot.slot_names
+            return [known[s] or "" for s in at.tolist()]
+
+        failed, unresolvable = self._failures(snapshot, request, slots, masks, names_at)
+        passing = self._slot_names.names_json(snapshot, slots[masks.ok])
+        return wire.filter_reply_names(passing, failed, unresolvable)
 
     def _failures(
         self,
         snapshot: ClusterSnapshot,
         request: PodRequest,
-        names: list[str],
         slots: IntArray,
         masks: FitMasks,
+        names_at: NamesAt,
         *,
         among: IntArray | None = None,
     ) -> tuple[dict[str, str], dict[str, str]]:
@@ -282,23 +224,22 @@ class ExtenderService:
             return failed, unresolvable
         texts = reasons(snapshot, request, slots[bad])
         hard = masks.unresolvable[bad].tolist()
-        for i, text, is_hard in zip(bad.tolist(), texts, hard, strict=True):
-            (unresolvable if is_hard else failed)[names[i]] = text
+        for name, text, is_hard in zip(names_at(bad), texts, hard, strict=True):
+            (unresolvable if is_hard else failed)[name] = text
         return failed, unresolvable
 
     def prioritize(self, body: bytes) -> bytes:
         snapshot = self._snapshot()
-        args, entry = self._args(body, snapshot)
+        args, slots = self._args(body, snapshot)
         request = self.pod_request(args.pod_raw, snapshot)
-        if entry is None:
+        if slots is None:
             assert args.nodes_raw is not None
             return self._prioritize_full(snapshot, request, args.nodes_raw)
-        scores = score(
-            snapshot, request, entry.slots, self.strategy, prefer_non_sgx=self.prefer_non_sgx
+        scores = _decisive(
+            score(snapshot, request, slots, self.strategy, prefer_non_sgx=self.prefer_non_sgx)
         )
-        if entry.score_template is None:
-            entry.score_template = _ScoreTemplate.of(entry.encoded.tolist())
-        return entry.score_template.render(scores)
+        scored = np.flatnonzero(scores)
+        return self._slot_names.scores_json(snapshot, slots[scored], scores[scored])
 
     def preempt(self, body: bytes) -> bytes:
         """Keep only the nodes where evicting the proposed victims frees enough EPC.
@@ -331,6 +272,38 @@ class ExtenderService:
                 if not request.wants_epc or fits_after_evicting(snapshot, request, node, victims):
                     kept[node] = _meta_victims([v.uid for v in victims], full.NumPDBViolations)
         return wire.encode({"NodeNameToMetaVictims": kept})
+
+
+def _decisive(scores: IntArray) -> IntArray:
+    """The scores less what every candidate shares, which changes no decision.
+
+    kube-scheduler adds each listed host's score to that host's total and picks the highest
+    total; a host it is not given adds nothing, the same as 0. So only the hosts that score
+    above the lowest are worth listing, and when all score alike (identical empty nodes all get
+    10) the answer is an empty list.
+    """
+    if scores.shape[0] == 0:
+        return scores
+    lowest = int(scores.min())
+    return scores - lowest if lowest else scores
+
+
+def _cached(cache: OrderedDict[bytes, PodRequest], key: bytes) -> PodRequest | None:
+    request = cache.get(key)
+    if request is not None:
+        cache.move_to_end(key)
+    return request
+
+
+def _remember(cache: OrderedDict[bytes, PodRequest], key: bytes, request: PodRequest) -> PodRequest:
+    cache[key] = request
+    if len(cache) > _POD_CACHE_SIZE:
+        cache.popitem(last=False)
+    return request
+
+
+def _names_at(names: list[str]) -> NamesAt:
+    return lambda positions: [names[i] for i in positions.tolist()]
 
 
 def _meta_victims(uids: list[str], pdb_violations: int) -> dict[str, object]:

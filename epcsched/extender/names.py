@@ -1,0 +1,220 @@
+"""Node names between the wire and snapshot slots, without a Python step per name per request.
+
+kube-scheduler filters nodes in parallel and lists the feasible ones in completion order, so a
+`NodeNames` list holds nearly the same names on every request but in a different order on most
+of them (753 distinct orders in 1,000 calls over 1,000 nodes): a cache keyed on the list's bytes
+misses, and decoding and looking up every name costs more than everything else in a request.
+What repeats is the pieces: the list is a permutation of contiguous runs of kube-scheduler's own
+node order (the parallelizer's chunks, about √n nodes each).
+
+`NameResolver` therefore keeps one reference list, the names in an order kube-scheduler sent
+them, as compact JSON with each name's slot, and reads a request as a sequence of byte-for-byte
+slices of it: per run one `find`, one dictionary lookup and one `startswith` (a memcmp), then
+one `concatenate` of the runs' slot arrays. A run once found is remembered by its first name. A
+list this cannot read (whitespace, escapes, a name the reference lacks) is decoded in full, and
+a compact one then becomes the reference, so the next request reads fast again.
+
+`SlotNames` goes the other way: the JSON of each known node's name by slot, so a reply names
+the nodes it keeps by one gather and one join.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from epcsched.core.snapshot import ClusterSnapshot, IntArray
+from epcsched.extender import wire
+
+ObjectArray = npt.NDArray[np.object_]
+
+_QUOTE, _COMMA, _OPEN, _CLOSE = 0x22, 0x2C, 0x5B, 0x5D
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """Consecutive names of the reference: their JSON (`"a","b"`) and their slots."""
+
+    raw: bytes
+    slots: IntArray
+    step: int
+    """From the run's first byte to the first byte after its separator."""
+
+
+class NameResolver:
+    """Slots of the names in a `NodeNames` array, read run by run against a reference list."""
+
+    def __init__(self) -> None:
+        self._generation = -1
+        self._names: list[str] = []
+        self._encoded: list[bytes] = []
+        self._ref = b""
+        """The reference names as `"a","b",...` (a JSON array without its brackets)."""
+        self._ends: list[int] = []
+        """Where each reference name's JSON ends in `_ref` (exclusive)."""
+        self._starts: list[int] = []
+        self._position: dict[bytes, int] = {}
+        """Reference index of each name, keyed by its JSON (quotes included)."""
+        self._slots = _EMPTY
+        self._runs: dict[bytes, _Run] = {}
+        self._last: tuple[bytes, IntArray] | None = None
+
+    def resolve(self, raw: bytes, snapshot: ClusterSnapshot) -> IntArray:
+        """Slot of each name in the JSON array `raw`, -1 for names that are not known nodes.
+
+        Raises `wire.BadRequest` when `raw` is not an array of strings.
+        """
+        if snapshot.generation != self._generation:
+            self._relink(snapshot)
+        last = self._last
+        # prioritize repeats its filter's list exactly: one memcmp answers it.
+        if last is not None and len(last[0]) == len(raw) and last[0] == raw:
+            return last[1]
+        slots = self._read(raw)
+        if slots is None:
+            names = wire.decode_node_names(raw)
+            slots = snapshot.slots_of(names)
+            if wire.encode(names) == raw:
+                self._learn(names, snapshot)
+        self._last = (raw, slots)
+        return slots
+
+    # ----- the fast reading --------------------------------------------------------------
+    def _read(self, raw: bytes) -> IntArray | None:
+        last = len(raw) - 1
+        if last < 1 or raw[0] != _OPEN or raw[last] != _CLOSE:
+            return None
+        if last == 1:
+            return _EMPTY
+        runs_get, find, startswith = self._runs.get, raw.find, raw.startswith
+        parts: list[IntArray] = []
+        pos = 1
+        # Once per run, not per name: the loop is kept to a handful of C calls.
+        while True:
+            # The first name's JSON when it has no escapes; otherwise (or when `pos` is not at
+            # a quote) the key is no name's JSON and the lookup fails, as it should.
+            key = raw[pos : find(b'"', pos + 1) + 1]
+            run = runs_get(key)
+            if run is None or not startswith(run.raw, pos):
+                run = self._extend(raw, pos, key)
+                if run is None:
+                    return None
+            parts.append(run.slots)
+            pos += run.step
+            if pos > last:
+                break
+            if raw[pos - 1] != _COMMA:
+                return None
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _extend(self, raw: bytes, pos: int, key: bytes) -> _Run | None:
+        """The longest run of reference names from `key` that `raw` repeats at `pos`,
+        remembered under `key`; None when `key` is no reference name.
+
+        Each candidate run ends with a name's closing quote, so a match is whole names.
+        Galloping then bisecting: a few memcmps, however long the run.
+        """
+        first = self._position.get(key)
+        if first is None:
+            return None
+        ref = memoryview(self._ref)
+        start, ends = self._starts[first], self._ends
+        limit = len(ends) - first
+
+        def repeats(count: int) -> bool:
+            return raw.startswith(ref[start : ends[first + count - 1]], pos)
+
+        good, bad = 1, limit + 1
+        while good < limit:
+            trial = min(good * 2, limit)
+            if not repeats(trial):
+                bad = trial
+                break
+            good = trial
+        while bad - good > 1:
+            middle = (good + bad) // 2
+            if repeats(middle):
+                good = middle
+            else:
+                bad = middle
+        text = bytes(ref[start : ends[first + good - 1]])
+        run = self._runs[key] = _Run(text, self._slots[first : first + good], len(text) + 1)
+        return run
+
+    # ----- the reference -----------------------------------------------------------------
+    def _learn(self, names: list[str], snapshot: ClusterSnapshot) -> None:
+        """Make `names` the reference, followed by the old reference names it lacks (a list
+        of fewer nodes, for a bigger pod, must not make the next full list slow)."""
+        ordered = list(dict.fromkeys([*names, *self._names]))
+        known = dict(zip(self._names, self._encoded, strict=True))
+        encoded = [known.get(n) or wire.encode_name(n) for n in ordered]
+        self._build(ordered, encoded, snapshot)
+
+    def _relink(self, snapshot: ClusterSnapshot) -> None:
+        """The node set changed: slots again, and names no longer nodes are dropped."""
+        slots = snapshot.slots_of(self._names)
+        keep = np.flatnonzero(slots >= 0).tolist()
+        if len(keep) < len(self._names):
+            self._build([self._names[i] for i in keep], [self._encoded[i] for i in keep], snapshot)
+        else:
+            self._slots = slots
+            self._runs = {}
+            self._generation = snapshot.generation
+        self._last = None
+
+    def _build(self, names: list[str], encoded: list[bytes], snapshot: ClusterSnapshot) -> None:
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        ends = np.cumsum(lengths + 1) - 1
+        self._names = names
+        self._encoded = encoded
+        self._ref = b",".join(encoded)
+        self._ends = ends.tolist()
+        self._starts = (ends - lengths).tolist()
+        self._position = dict(zip(encoded, range(len(encoded)), strict=True))
+        self._slots = snapshot.slots_of(names)
+        self._runs = {}
+        self._generation = snapshot.generation
+        self._last = None
+
+
+class SlotNames:
+    """Each known node's name as JSON, by slot, for writing replies without per-name work."""
+
+    def __init__(self) -> None:
+        self._generation = -1
+        self._encoded: ObjectArray = np.empty(0, dtype=object)
+        self._hosts: ObjectArray = np.empty(0, dtype=object)
+
+    def _current(self, snapshot: ClusterSnapshot) -> None:
+        if snapshot.generation == self._generation:
+            return
+        names = snapshot.slot_names
+        # One spare element, as in the snapshot's arrays, so slot -1 indexes something.
+        encoded = np.empty(len(names) + 1, dtype=object)
+        encoded[:] = [b'""' if n is None else wire.encode_name(n) for n in [*names, None]]
+        hosts = np.empty(len(encoded), dtype=object)
+        hosts[:] = [b'{"Host":' + e + b',"Score":' for e in encoded.tolist()]
+        self._encoded, self._hosts = encoded, hosts
+        self._generation = snapshot.generation
+
+    def names_json(self, snapshot: ClusterSnapshot, slots: IntArray) -> bytes:
+        """`["a","b",...]` for known slots."""
+        self._current(snapshot)
+        return b"[" + b",".join(self._encoded[slots].tolist()) + b"]"
+
+    def scores_json(self, snapshot: ClusterSnapshot, slots: IntArray, scores: IntArray) -> bytes:
+        """`[{"Host":"a","Score":7},...]` for known slots and their scores 0..10."""
+        self._current(snapshot)
+        if slots.shape[0] == 0:
+            return b"[]"
+        parts = np.empty(2 * slots.shape[0], dtype=object)
+        parts[0::2] = self._hosts[slots]
+        parts[1::2] = _SCORE_TAILS[scores]
+        return b"[" + b"".join(parts.tolist())[:-1] + b"]"
+
+
+_SCORE_TAILS: ObjectArray = np.empty(11, dtype=object)
+_SCORE_TAILS[:] = [str(score).encode() + b"}," for score in range(11)]

@@ -25,6 +25,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from kubernetes_asyncio import client
@@ -293,6 +294,25 @@ async def test_a_burst_is_one_decision_then_the_pool_grows_and_shrinks_back(
         ]
         assert sorted(removed) == ["sgx-sim-00000", "sgx-sim-00001"]
         assert status(server)["pools"]["sgx"]["target"] == 0
+        # What an operator's Prometheus and probes see.
+        async with aiohttp.ClientSession() as http:
+            base = f"http://127.0.0.1:{scaler.http_port}"
+            async with http.get(f"{base}/metrics") as response:
+                text = await response.text()
+            async with http.get(f"{base}/healthz") as health:
+                assert health.status == 200
+            async with http.get(f"{base}/readyz") as ready:
+                assert ready.status == 200 and (await ready.json())["leader"] is True
+        for line in (
+            'epcsched_autoscaler_scale_total{direction="up",pool="sgx"} 2.0',
+            'epcsched_autoscaler_scale_total{direction="down",pool="sgx"} 2.0',
+            'epcsched_autoscaler_pool_size{pool="sgx",state="target"} 0.0',
+            "epcsched_autoscaler_unschedulable_pods 0.0",
+            'epcsched_autoscaler_backoff{pool="sgx"} 0.0',
+            "epcsched_autoscaler_leader 1.0",
+        ):
+            assert line in text.splitlines(), line
+        assert "epcsched_autoscaler_loop_seconds_count" in text
 
 
 async def test_killed_mid_scale_up_and_restarted_does_not_scale_again(

@@ -185,6 +185,8 @@ class Autoscaler:
         self.last_decision: Decision | None = None
         self.last_loop: float | None = None
         self.loops = 0
+        self.http_port: int | None = None
+        """The port `/healthz`, `/readyz` and `/metrics` are served on, once serving."""
         self.batch = Batcher(self.settings.batch_idle, self.settings.batch_max)
         self._seen: set[str] = set()
         self._told: dict[str, tuple[str, float]] = {}

@@ -295,6 +295,7 @@ async def controller(
                 f"--host/--port: cannot listen on {host}:{port}: {exc.strerror}"
             ) from None
         bound = runner.addresses[0][1] if runner.addresses else port
+        scaler.http_port = int(bound)
         log.info(
             "autoscaler %s serving /healthz, /readyz, /metrics on %s:%s; pools %s; Lease %s/%s",
             identity,

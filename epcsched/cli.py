@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "epcsched.autoscaler.command",
     "epcsched.explain",
     "epcsched.exporter.command",
+    "epcsched.metricsapi.command",
     "epcsched.simulation.command",
 )
 

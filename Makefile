@@ -44,6 +44,7 @@ bench: install-test
 	$(PY) benchmarks/extender.py
 	$(PY) benchmarks/informer.py
 	$(PY) benchmarks/simulation.py
+	$(PY) benchmarks/autoscaler.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

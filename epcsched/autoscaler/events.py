@@ -109,8 +109,7 @@ class EventRecorder:
         self.cache_size = cache_size
         self.request_timeout = request_timeout
         self._seen: OrderedDict[tuple[str, ...], _Seen] = OrderedDict()
-        # Two records of one event must not both see "not seen yet" and create two Events.
-        self._lock = asyncio.Lock()
+        self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
         self._last_nanos = 0
 
     async def record(self, involved: ObjectRef, type: EventType, reason: str, message: str) -> None:
@@ -126,13 +125,20 @@ class EventRecorder:
             reason,
             message,
         )
-        async with self._lock:
-            now = self.clock()
-            seen = self._seen.get(key)
-            if seen is not None and now - seen.last <= self.repeat_window:
-                await self._repeat(key, seen, now, involved, type, reason, message)
-            else:
-                await self._create(key, now, involved, type, reason, message)
+        # One lock per Event: two records of one event must not both see "not seen yet",
+        # while Events about different objects (a scale-up's hundreds of pods) go out at once.
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                now = self.clock()
+                seen = self._seen.get(key)
+                if seen is not None and now - seen.last <= self.repeat_window:
+                    await self._repeat(key, seen, now, involved, type, reason, message)
+                else:
+                    await self._create(key, now, involved, type, reason, message)
+        finally:
+            if not lock.locked() and self._locks.get(key) is lock:
+                del self._locks[key]
 
     async def _create(
         self,

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from epcsched.autoscaler.drain import DrainResult
@@ -361,8 +361,9 @@ class Autoscaler:
             f"pod triggered scale-up: [{{{pool.name} {d.current_size}->{d.target_size} "
             f"(max: {pool.max_size})}}]"
         )
-        for key in d.pods:
-            await self._pod_event(key, "Normal", "TriggeredScaleUp", message)
+        await self._each(
+            self._pod_event(key, "Normal", "TriggeredScaleUp", message) for key in d.pods
+        )
 
     async def _give_up(
         self, pool: NodePoolSettings, provider: NodePoolProvider, d: PoolDecision, now: float
@@ -441,18 +442,33 @@ class Autoscaler:
         await self._save(self.last_decision)
 
     async def _tell_pods(self, decision: Decision, now: float) -> None:
+        tell = []
         for key, reason in decision.unschedulable:
             last = self._told.get(key)
             if last is not None and last[0] == reason and now - last[1] < NOT_TRIGGERED_EVERY:
                 continue
             self._told[key] = (reason, now)
-            await self._pod_event(
-                key, "Normal", "NotTriggerScaleUp", f"pod didn't trigger scale-up: {reason}"
+            tell.append(
+                self._pod_event(
+                    key, "Normal", "NotTriggerScaleUp", f"pod didn't trigger scale-up: {reason}"
+                )
             )
+        await self._each(tell)
         pending = {p.key for p in self.cluster.snapshot.pending_pods()}
         for key in [k for k in self._told if k not in pending]:
             del self._told[key]
         self._seen &= pending
+
+    async def _each(self, calls: Iterable[Awaitable[None]], width: int = 32) -> None:
+        """Await `calls` (Events, which never raise) `width` at a time."""
+        batch: list[Awaitable[None]] = []
+        for call in calls:
+            batch.append(call)
+            if len(batch) == width:
+                await asyncio.gather(*batch)
+                batch = []
+        if batch:
+            await asyncio.gather(*batch)
 
     async def _pod_event(self, key: str, type_: EventType, reason: str, message: str) -> None:
         pod = self.cluster.snapshot.pods.get(key)

@@ -257,6 +257,8 @@ class Autoscaler:
                     log.info("removed leftover scale-down taints from %s", ", ".join(left))
         self._was_leader = leader
         now = self.clock()
+        # Pods that left the pending set may come back (a node removed): wake for them again.
+        self._seen &= {p.key for p in self.cluster.snapshot.pending_pods()}
         views = await self._observe(now)
         snapshot = self.cluster.snapshot
         self.state, decision = decide(self.state, views, snapshot, self.policy, now)
@@ -457,7 +459,6 @@ class Autoscaler:
         pending = {p.key for p in self.cluster.snapshot.pending_pods()}
         for key in [k for k in self._told if k not in pending]:
             del self._told[key]
-        self._seen &= pending
 
     async def _each(self, calls: Iterable[Awaitable[None]], width: int = 32) -> None:
         """Await `calls` (Events, which never raise) `width` at a time."""

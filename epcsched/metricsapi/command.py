@@ -14,6 +14,8 @@ import logging
 import signal
 import socket
 import ssl
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +143,10 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     started: asyncio.Future[int] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> int:
-    """Serve until `stop` is set or SIGTERM/SIGINT; `started` gets the bound port."""
+    """Serve until `stop` is set or SIGTERM/SIGINT; `started` gets the bound port. `clock` is
+    the time Prometheus is asked for (tests pin it to their recorded history)."""
     from aiohttp import web
 
     from epcsched.metricsapi.app import create_app, source_for
@@ -161,7 +165,7 @@ async def serve(
     app = create_app(
         config,
         InformedIndex(configuration, config.epc.resources),
-        source_for(config),
+        source_for(config, clock=clock),
         Reviewer(configuration, ttl=settings.auth_cache_ttl),
         tls=tls,
     )

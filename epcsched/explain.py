@@ -14,6 +14,7 @@ from typing import Any, TextIO
 import msgspec
 import numpy as np
 
+from epcsched import logs
 from epcsched.cli import CommandError
 from epcsched.config import STRATEGIES, Config, load_config
 from epcsched.core.fit import PodRequest, fit_masks, reasons
@@ -143,6 +144,7 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--config", metavar="FILE", help="epcsched YAML configuration")
     parser.add_argument("--strategy", choices=STRATEGIES, help="scoring strategy")
+    logs.add_arguments(parser)
     parser.set_defaults(func=run)
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from typing import Any
 
+from epcsched import logs
 from epcsched.cli import CommandError
 from epcsched.config import PROVIDERS, Config, load_config
 
@@ -62,7 +62,7 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--lease-duration", type=float, default=15.0, help="Lease duration in seconds"
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    logs.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -128,11 +128,6 @@ def check_pools(config: Config) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=_level(args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     config = settings_from(args)
     if not 0 <= args.port <= 65535:
         raise CommandError(f"--port: must be 0..65535, got {args.port}")
@@ -162,14 +157,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.once:
         return _print(asyncio.run(runtime.dry_run_once(config, configuration)))
+    logs.log_start("autoscaler", "epcsched.autoscaler")
     return runtime.serve(config, configuration, args)
-
-
-def _level(name: str) -> int:
-    level = logging.getLevelName(str(name).upper())
-    if not isinstance(level, int):
-        raise CommandError(f"--log-level: unknown level {name!r} (DEBUG, INFO, WARNING, ERROR)")
-    return level
 
 
 def _print(plan: dict[str, object]) -> int:

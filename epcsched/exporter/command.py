@@ -23,9 +23,12 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
+from epcsched import logs
+from epcsched.build import VERSION, register_build_metrics
 from epcsched.cli import CommandError
 from epcsched.exporter.collector import EpcCollector
 from epcsched.exporter.sysfs import read_epc
+from epcsched.netutil import check_listen_host
 
 log = logging.getLogger("epcsched.exporter")
 
@@ -52,7 +55,7 @@ def register(sub: Any) -> None:
         metavar="NAME",
         help="value of the `node` label (default: the NODE_NAME environment variable)",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    logs.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -105,9 +108,19 @@ def exporter_app(root: Path, registry: CollectorRegistry) -> WSGIApplication:
     return app
 
 
-def serve(root: Path, node: str, *, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
-    """Start serving in a background thread; the caller shuts the server down."""
-    registry = CollectorRegistry(auto_describe=True)
+def serve(
+    root: Path,
+    node: str,
+    *,
+    host: str,
+    port: int,
+    registry: CollectorRegistry | None = None,
+) -> tuple[WSGIServer, threading.Thread]:
+    """Start serving in a background thread; the caller shuts the server down.
+
+    `registry` may hold other collectors to serve beside the node's EPC figures.
+    """
+    registry = registry or CollectorRegistry(auto_describe=True)
     registry.register(EpcCollector(root, node))
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
@@ -125,12 +138,12 @@ def serve(root: Path, node: str, *, host: str, port: int) -> tuple[WSGIServer, t
 
 
 def run(args: argparse.Namespace) -> int:
-    level = logging.getLevelName(args.log_level.upper())
-    if not isinstance(level, int):
-        raise CommandError(f"--log-level: unknown level {args.log_level!r}")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not 0 <= args.port <= 65535:
         raise CommandError(f"--port: must be 0..65535, got {args.port}")
+    try:
+        check_listen_host(args.host)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     root = check_root(args.sysfs_root)
     node = node_name(args.node_name)
     reading = read_epc(root)
@@ -139,8 +152,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         # Still serve: a node may get its SGX driver later, and an empty scrape is honest.
         log.warning("no EPC figures readable under %s; serving no EPC metrics for now", root)
-    server, thread = serve(root, node, host=args.host, port=args.port)
-    log.info("exporter for node %s listening on %s:%d", node, args.host, server.server_port)
+    registry = CollectorRegistry(auto_describe=True)
+    register_build_metrics(registry)
+    server, thread = serve(root, node, host=args.host, port=args.port, registry=registry)
+    log.info(
+        "epcsched %s exporter for node %s listening on %s:%d",
+        VERSION,
+        node,
+        args.host,
+        server.server_port,
+        extra={"version": VERSION, "node": node, "address": f"{args.host}:{server.server_port}"},
+    )
 
     stop = threading.Event()
 

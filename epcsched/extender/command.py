@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
+import contextlib
 import logging
-import os
+import signal
 from typing import Any
 
+from epcsched import logs
 from epcsched.cli import CommandError
 from epcsched.config import STRATEGIES, Config, load_config
+
+log = logging.getLogger("epcsched.extender")
 
 
 def register(sub: Any) -> None:
@@ -47,15 +50,21 @@ def register(sub: Any) -> None:
         metavar="URL",
         help="poll this Prometheus for measured EPC use and paging (prometheus.url)",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    logs.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def settings_from(args: argparse.Namespace) -> Config:
     """The config file, with flags taking precedence over it."""
+    from epcsched.netutil import check_listen_host
+
     config = load_config(args.config)
     if args.host is not None:
         config.extender.host = args.host
+    try:
+        check_listen_host(config.extender.host, flag="--host" if args.host else "extender.host")
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     if args.port is not None:
         if not 0 <= args.port <= 65535:
             raise CommandError(f"--port: must be 0..65535, got {args.port}")
@@ -75,9 +84,6 @@ def settings_from(args: argparse.Namespace) -> Config:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     config = settings_from(args)
     from epcsched.kube.client import in_cluster
 
@@ -125,23 +131,7 @@ def cluster_state(config: Config, kubeconfig: str | None) -> tuple[Any, Any]:
 
 
 def serve(config: Config, state: Any, *, binder: Any = None) -> None:
-    """Run the app until interrupted, on uvloop when it is installed."""
-    from aiohttp import web
-
-    from epcsched.extender.app import create_app
-
-    app = create_app(config, state)
-    if binder is not None:
-        from epcsched.extender.bind import install
-
-        install(app, binder)
-    log = logging.getLogger("epcsched.extender")
-    log.info(
-        "starting the extender on %s:%d (strategy %s)",
-        config.extender.host,
-        config.extender.port,
-        config.extender.strategy,
-    )
+    """Run the app until SIGTERM or SIGINT, on uvloop when it is installed."""
     try:
         import uvloop
 
@@ -149,19 +139,66 @@ def serve(config: Config, state: Any, *, binder: Any = None) -> None:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         loop = asyncio.new_event_loop()
     try:
-        web.run_app(
-            app,
-            host=config.extender.host,
-            port=config.extender.port,
-            loop=loop,
-            print=None,
-            access_log=None,
-            handle_signals=True,
+        loop.run_until_complete(run_server(config, state, binder=binder))
+    finally:
+        loop.close()
+
+
+async def run_server(
+    config: Config,
+    state: Any,
+    *,
+    binder: Any = None,
+    stop: asyncio.Event | None = None,
+    started: asyncio.Future[int] | None = None,
+) -> None:
+    """Serve until `stop` is set (or SIGTERM/SIGINT); `started` gets the port actually bound."""
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry
+
+    from epcsched.build import VERSION, register_build_metrics
+    from epcsched.extender.app import create_app
+
+    registry = CollectorRegistry()
+    register_build_metrics(registry)
+    app = create_app(config, state, registry=registry)
+    if binder is not None:
+        from epcsched.extender.bind import install
+
+        install(app, binder)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+    settings = config.extender
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    try:
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, settings.host, settings.port).start()
+        except OSError as exc:
+            where = f"{settings.host}:{settings.port}"
+            raise CommandError(
+                f"--host/--port: cannot listen on {where}: {exc.strerror or exc}"
+            ) from None
+        port = int(runner.addresses[0][1]) if runner.addresses else settings.port
+        log.info(
+            "epcsched %s extender listening on %s:%d (strategy %s%s)",
+            VERSION,
+            settings.host,
+            port,
+            settings.strategy,
+            ", /bind" if binder is not None else "",
+            extra={"version": VERSION, "address": f"{settings.host}:{port}"},
         )
-    except OSError as exc:
-        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
-            raise
-        where = f"{config.extender.host}:{config.extender.port}"
-        raise CommandError(
-            f"--host/--port: cannot listen on {where}: {os.strerror(exc.errno)}"
-        ) from None
+        if started is not None and not started.done():
+            started.set_result(port)
+        await stop.wait()
+        log.info("extender stopping")
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()

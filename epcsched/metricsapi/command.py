@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from epcsched import logs
 from epcsched.cli import CommandError
 from epcsched.config import Config, load_config
 
@@ -53,7 +54,7 @@ def register(sub: Any) -> None:
         help="PEM serving certificate (default: a self-signed one made at start-up)",
     )
     parser.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    logs.add_arguments(parser)
     parser.set_defaults(func=run)
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from epcsched import logs
 from epcsched.cli import CommandError
 from epcsched.simulation.scenario import POLICIES, Scenario, load_scenario
 
@@ -46,6 +48,7 @@ def register(subparsers: Any) -> None:
             "kube-scheduler would, and fail if any decision differs from the in-process one"
         ),
     )
+    logs.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -81,6 +84,18 @@ def _check_dask_address(text: str) -> None:
         raise CommandError(f"--dask: expected an address like tcp://host:8786, got {text!r}")
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an output directory that cannot be written before the runs, not after them."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except FileExistsError:
+        raise CommandError(f"--out: {out} is a file, not a directory") from None
+    except OSError as exc:
+        raise CommandError(f"--out: cannot write to {out}: {exc.strerror or exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     # Imported here: scipy, matplotlib and dask would otherwise load with every subcommand.
     from epcsched.simulation.pipeline import simulate_and_report
@@ -96,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dask is not None and args.workers > 1:
         raise CommandError("--workers and --dask: choose one")
     out: Path = args.out if args.out is not None else args.scenario.parent / "results"
+    _check_out(out)
     workload = load_workload(scenario.workload, scenario.seed)
     if args.via_http is not None:
         from epcsched.simulation.live import LiveCheckError, check_via_http

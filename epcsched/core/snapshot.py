@@ -406,18 +406,31 @@ class ClusterSnapshot:
             return np.where(known, measured, by_requests)
         return np.where(known, np.minimum(by_requests, measured), by_requests)
 
+    def mark(self) -> tuple[int, int]:
+        """Where the per-slot change log stands now, for `changed_since`."""
+        return self._layout, len(self._touched)
+
+    def changed_since(self, mark: tuple[int, int]) -> IntArray | None:
+        """Slots changed one by one since `mark`, or None when figures have moved in bulk since
+        (a node added or removed, accounting switched, usage cleared) and a per-slot array
+        derived before `mark` must be rebuilt. A slot changed twice appears twice; updating it
+        twice gives the same value."""
+        layout, read = mark
+        if layout != self._layout:
+            return None
+        return np.array(self._touched[read:], dtype=np.int64)
+
     def _stale(self, derived: _Derived | None) -> IntArray | None:
         """The slots `derived` must update to be current, or None when it must be rebuilt.
 
         Marks it current: the caller updates it before anyone else reads it.
         """
-        if derived is None or derived.layout != self._layout:
+        if derived is None:
             return None
-        touched = self._touched
-        # A slot touched twice is simply updated twice, to the same value.
-        changed = np.array(touched[derived.read :], dtype=np.int64)
-        derived.read = len(touched)
-        derived.version = self.version
+        changed = self.changed_since((derived.layout, derived.read))
+        if changed is not None:
+            derived.read = len(self._touched)
+            derived.version = self.version
         return changed
 
     def _fit_at(self, name: str, slots: IntArray) -> IntArray:

@@ -4,10 +4,11 @@ Kept apart from aiohttp so the same code is driven by the HTTP app, the benchmar
 Hot-path choices, all because kube-scheduler waits for every call, one pod at a time: the
 `NodeNames` list is resolved to slots run by run (`names.NameResolver`), never name by name;
 fit is one gather and one comparison per requested EPC name, over free-EPC arrays the snapshot
-keeps current node by node; a reply where every node passes echoes the request's own list; a
-prioritize reply lists only the hosts that score above the lowest (kube-scheduler adds nothing
-for a host it is not given, and a score all candidates share decides nothing), written from
-names pre-encoded by slot.
+keeps current node by node; a reply where every node passes echoes the request's own list;
+raw scores are kept per kind of pod and node (`scores.ScoreTables`); a prioritize reply lists
+only the hosts that score above the lowest (kube-scheduler adds nothing for a host it is not
+given, and a score all candidates share decides nothing), written from names pre-encoded by
+slot.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from epcsched.core.fit import (
     PodRequest,
     fit_masks,
     fits_after_evicting,
-    fits_everywhere,
     reasons,
 )
 from epcsched.core.score import normalise, raw_and_eligible, score
 from epcsched.core.snapshot import ClusterSnapshot, IntArray
 from epcsched.extender import wire
 from epcsched.extender.names import NameResolver, SlotNames
+from epcsched.extender.scores import ScoreTables
 from epcsched.objects import ObjectError, pod_info
 
 _POD_CACHE_SIZE = 64
@@ -64,12 +65,22 @@ class ExtenderService:
         prefer_non_sgx: bool = True,
     ) -> None:
         self._snapshot = snapshot
-        self.strategy = strategy
-        self.prefer_non_sgx = prefer_non_sgx
         self._pods: OrderedDict[bytes, PodRequest] = OrderedDict()
         self._specs: OrderedDict[bytes, PodRequest] = OrderedDict()
         self._resolver = NameResolver()
         self._slot_names = SlotNames()
+        self._scores = ScoreTables(strategy, prefer_non_sgx=prefer_non_sgx)
+        self._last: (
+            tuple[int, bytes, tuple[wire.ExtenderArgs, IntArray | None, PodRequest]] | None
+        ) = None
+
+    @property
+    def strategy(self) -> str:
+        return self._scores.strategy
+
+    @property
+    def prefer_non_sgx(self) -> bool:
+        return self._scores.prefer_non_sgx
 
     # ----- decoding with caches ----------------------------------------------------------
     def pod_request(self, raw: bytes, snapshot: ClusterSnapshot) -> PodRequest:
@@ -89,6 +100,24 @@ class ExtenderService:
                 raise wire.BadRequest(f"Pod: {exc}") from None
             request = _remember(self._specs, spec, PodRequest.of(info))
         return _remember(self._pods, raw, request)
+
+    def _parse(
+        self, body: bytes, snapshot: ClusterSnapshot
+    ) -> tuple[wire.ExtenderArgs, IntArray | None, PodRequest]:
+        """The request read in full; prioritize usually repeats its filter's body byte for
+        byte, and then one memcmp stands for the reading."""
+        last = self._last
+        if (
+            last is not None
+            and last[0] == snapshot.generation
+            and len(last[1]) == len(body)
+            and last[1] == body
+        ):
+            return last[2]
+        args, slots = self._args(body, snapshot)
+        parsed = (args, slots, self.pod_request(args.pod_raw, snapshot))
+        self._last = (snapshot.generation, body, parsed)
+        return parsed
 
     def _args(
         self, body: bytes, snapshot: ClusterSnapshot
@@ -181,14 +210,13 @@ class ExtenderService:
     # ----- verbs -------------------------------------------------------------------------
     def filter(self, body: bytes) -> bytes:
         snapshot = self._snapshot()
-        args, slots = self._args(body, snapshot)
-        request = self.pod_request(args.pod_raw, snapshot)
+        args, slots, request = self._parse(body, snapshot)
         if slots is None:
             assert args.nodes_raw is not None
             return self._filter_full(snapshot, request, args.nodes_raw)
         raw_names = args.node_names_raw
         assert raw_names is not None
-        if fits_everywhere(snapshot, request, slots):
+        if self._scores.fits_all(snapshot, request, slots):
             return wire.filter_reply_names(raw_names, {}, {})
         masks = fit_masks(snapshot, request, slots)
 
@@ -230,11 +258,14 @@ class ExtenderService:
 
     def prioritize(self, body: bytes) -> bytes:
         snapshot = self._snapshot()
-        args, slots = self._args(body, snapshot)
-        request = self.pod_request(args.pod_raw, snapshot)
+        args, slots, request = self._parse(body, snapshot)
         if slots is None:
             assert args.nodes_raw is not None
             return self._prioritize_full(snapshot, request, args.nodes_raw)
+        found = self._scores.above_lowest(snapshot, request, slots)
+        if found is not None:
+            positions, scores = found
+            return self._slot_names.scores_json(snapshot, slots[positions], scores)
         scores = _decisive(
             score(snapshot, request, slots, self.strategy, prefer_non_sgx=self.prefer_non_sgx)
         )

@@ -1,0 +1,100 @@
+"""Every node's raw score for the kinds of pod being scheduled, kept current node by node.
+
+kube-scheduler asks to prioritize the same few kinds of pod (the replicas of a workload) over
+the same nodes, one pod at a time, with one node changed in between (the last bind). A node's
+raw score and whether the pod fits it depend only on that node and the pod's requests, so they
+are computed for every slot once per kind of pod, and afterwards only for the slots the
+snapshot reports changed. A request then gathers its candidates' raw scores, and only the
+candidates above the lowest need spreading onto 0..10: with binpack on a live cluster, the
+handful of partly filled nodes. The spreading is the core's own `normalise`, given the lowest
+and the highest raw score, so every score is the one the core computes over all candidates.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from epcsched.core.fit import PodRequest
+from epcsched.core.score import normalise, raw_and_eligible
+from epcsched.core.snapshot import BoolArray, ClusterSnapshot, FloatArray, IntArray
+
+_TABLES = 8
+
+_Key = tuple[tuple[tuple[str, int], ...], int, int]
+
+
+@dataclass(slots=True)
+class _Table:
+    """Raw score and fit of one kind of pod at every slot, plus the spare slot -1 reads."""
+
+    mark: tuple[int, int]
+    raw: FloatArray
+    ok: BoolArray
+
+
+class ScoreTables:
+    """Raw scores per kind of pod, current with the snapshot they were last read against."""
+
+    def __init__(self, strategy: str, *, prefer_non_sgx: bool) -> None:
+        self.strategy = strategy
+        self.prefer_non_sgx = prefer_non_sgx
+        self._tables: OrderedDict[_Key, _Table] = OrderedDict()
+
+    def _table(self, snapshot: ClusterSnapshot, request: PodRequest) -> _Table:
+        """The table for `request`'s kind of pod, brought up to date with `snapshot`."""
+        key = (tuple(sorted(request.epc.items())), request.cpu_milli, request.memory)
+        table = self._tables.get(key)
+        if table is not None:
+            self._tables.move_to_end(key)
+            changed = snapshot.changed_since(table.mark)
+            if changed is not None:
+                if changed.shape[0]:
+                    table.raw[changed], table.ok[changed] = self._score(snapshot, request, changed)
+                table.mark = snapshot.mark()
+                return table
+        size = len(snapshot.slot_names)
+        raw = np.zeros(size + 1, dtype=np.float64)
+        ok = np.zeros(size + 1, dtype=np.bool_)
+        raw[:size], ok[:size] = self._score(snapshot, request, np.arange(size, dtype=np.int64))
+        table = self._tables[key] = _Table(snapshot.mark(), raw, ok)
+        if len(self._tables) > _TABLES:
+            self._tables.popitem(last=False)
+        return table
+
+    def _score(
+        self, snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray
+    ) -> tuple[FloatArray, BoolArray]:
+        return raw_and_eligible(
+            snapshot, request, slots, self.strategy, prefer_non_sgx=self.prefer_non_sgx
+        )
+
+    def fits_all(self, snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray) -> bool:
+        """Whether the pod fits every slot (-1, a name that is no node, never fits): what
+        `core.fit.fits_everywhere` answers, read from the table prioritize will read next."""
+        return bool(self._table(snapshot, request).ok[slots].all())
+
+    def above_lowest(
+        self, snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray
+    ) -> tuple[IntArray, IntArray] | None:
+        """Positions in `slots` that score above the lowest candidate, with their scores 1..10
+        (the lowest scores 0, or all alike when every raw score is equal); None when some
+        candidate does not fit, for the caller to score every candidate the general way."""
+        table = self._table(snapshot, request)
+        if slots.shape[0] == 0 or not table.ok[slots].all():
+            return None
+        raw = table.raw[slots]
+        low, high = raw.min(), raw.max()
+        if high == low:
+            return _NONE, _NONE
+        above = np.flatnonzero(raw > low)
+        # With the lowest raw score beside them, normalise spreads exactly as over all.
+        values = np.append(raw[above], low)
+        scores = normalise(values, np.ones(values.shape[0], dtype=np.bool_))[:-1]
+        kept = np.flatnonzero(scores)
+        return above[kept], scores[kept]
+
+
+_NONE = np.zeros(0, dtype=np.int64)

@@ -1,0 +1,151 @@
+"""Reading a `NodeNames` list run by run gives exactly the slots a full decode gives.
+
+kube-scheduler sends the same nodes in a new order of chunks on most requests, and the extender
+reads such a list as slices of a reference list it learned. Whatever the list holds (chunks in
+any order, nodes dropped, names the cache does not know, whitespace, escapes, duplicates, bad
+JSON), and however the node set changed in between, the answer must be the full decode's: the
+same slot for each name in order, or the same 400 message.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from epcsched.core.snapshot import ClusterSnapshot
+from epcsched.extender import wire
+from epcsched.extender.names import NameResolver, SlotNames
+from epcsched.model import NodeInfo
+
+EPC = "sgx.intel.com/epc"
+
+
+def cluster(names: list[str]) -> ClusterSnapshot:
+    snap = ClusterSnapshot({EPC: 1}, capacity=4)
+    for name in names:
+        snap.upsert_node(NodeInfo(name, {EPC: 2**30}))
+    return snap
+
+
+def chunked(names: list[str], size: int, rng: random.Random) -> list[str]:
+    """`names` as kube-scheduler's parallel filter lists them: chunks in a random order."""
+    chunks = [names[i : i + size] for i in range(0, len(names), size)]
+    rng.shuffle(chunks)
+    return [n for chunk in chunks for n in chunk]
+
+
+def expected(raw: bytes, snap: ClusterSnapshot) -> Any:
+    try:
+        return snap.slots_of(wire.decode_node_names(raw)).tolist()
+    except wire.BadRequest as exc:
+        return f"400 {exc}"
+
+
+def resolved(resolver: NameResolver, raw: bytes, snap: ClusterSnapshot) -> Any:
+    try:
+        return resolver.resolve(raw, snap).tolist()
+    except wire.BadRequest as exc:
+        return f"400 {exc}"
+
+
+def compact(names: list[str]) -> bytes:
+    return json.dumps(names, separators=(",", ":")).encode()
+
+
+NODES = [f"aks-dcsv3-{i:05d}" for i in range(40)] + ["node-1", "node-10", "node-100", "n"]
+
+event = st.one_of(
+    st.tuples(st.just("list"), st.integers(1, 12), st.floats(0, 0.3), st.booleans()),
+    st.tuples(st.just("add"), st.sampled_from(["late-1", "late-2", 'we"ird', "ünï"])),
+    st.tuples(st.just("remove"), st.sampled_from([*NODES[:6], "late-1"])),
+    st.tuples(st.just("ghost"), st.sampled_from(["ghost-1", "node-1000", "aks-dcsv3-0000"])),
+    st.tuples(
+        st.just("odd"),
+        st.sampled_from(["spaces", "escape", "duplicate", "trailing comma", "bad", "empty"]),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(event, min_size=1, max_size=25), st.integers(0, 2**32))
+def test_run_by_run_equals_the_full_decode(events: list[tuple[Any, ...]], seed: int) -> None:
+    rng = random.Random(seed)
+    snap = cluster(NODES)
+    resolver = NameResolver()
+    ghosts: list[str] = []
+    for ev in events:
+        kind = ev[0]
+        if kind == "add":
+            snap.upsert_node(NodeInfo(ev[1], {EPC: 2**30}))
+            continue
+        if kind == "remove":
+            snap.remove_node(ev[1])
+            continue
+        listed = [n for n in NODES if n in snap.slots] + [n for n in snap.slots if n not in NODES]
+        if kind == "list":
+            _, size, drop, reverse = ev
+            names = [n for n in listed if rng.random() >= drop] + ghosts
+            raw = compact(chunked(names[::-1] if reverse else names, size, rng))
+        elif kind == "ghost":
+            ghosts.append(ev[1])
+            raw = compact(chunked(listed + ghosts, 5, rng))
+        else:
+            names = chunked(listed, 7, rng)
+            odd = ev[1]
+            if odd == "spaces":
+                raw = json.dumps(names, indent=1).encode()
+            elif odd == "escape":
+                raw = compact(names).replace(b"a", b"\\u0061", 3)
+            elif odd == "duplicate":
+                raw = compact(names + names[:3])
+            elif odd == "trailing comma":
+                raw = compact(names)[:-1] + b",]"
+            elif odd == "bad":
+                raw = compact(names)[: len(compact(names)) // 2]
+            else:
+                raw = b"[]"
+        assert resolved(resolver, raw, snap) == expected(raw, snap)
+        # prioritize repeats the list: the same answer again.
+        assert resolved(resolver, raw, snap) == expected(raw, snap)
+
+
+def test_a_shuffled_list_is_read_in_runs_not_names() -> None:
+    names = [f"node-{i:04d}" for i in range(400)]
+    snap = cluster(names)
+    resolver = NameResolver()
+    rng = random.Random(7)
+    for _ in range(3):
+        raw = compact(chunked(names, 20, rng))
+        assert resolver.resolve(raw, snap).tolist() == snap.slots_of(json.loads(raw)).tolist()
+    # 400 names in chunks of 20: the runs remembered are the 20 chunks, whatever their order.
+    assert len(resolver._runs) == 20
+
+
+@pytest.mark.parametrize("raw", [b'"a"', b"[1]", b'["a",', b'["a"]x', b'["a" "a"]'])
+def test_what_is_not_an_array_of_strings_is_the_decoders_400(raw: bytes) -> None:
+    snap = cluster(["a"])
+    resolver = NameResolver()
+    resolver.resolve(b'["a"]', snap)
+    assert resolved(resolver, raw, snap) == expected(raw, snap)
+    assert str(resolved(resolver, raw, snap)).startswith("400 NodeNames:")
+
+
+def test_names_and_scores_are_written_by_slot() -> None:
+    snap = cluster(["a", 'q"x', "ünï"])
+    out = SlotNames()
+    slots = np.array([snap.slots["ünï"], snap.slots['q"x']], dtype=np.int64)
+    assert json.loads(out.names_json(snap, slots)) == ["ünï", 'q"x']
+    scores = np.array([7, 10], dtype=np.int64)
+    assert json.loads(out.scores_json(snap, slots, scores)) == [
+        {"Host": "ünï", "Score": 7},
+        {"Host": 'q"x', "Score": 10},
+    ]
+    assert out.scores_json(snap, slots[:0], scores[:0]) == b"[]"
+    snap.upsert_node(NodeInfo("b", {EPC: 1}))
+    assert json.loads(out.names_json(snap, np.array([snap.slots["b"]]))) == ["b"]

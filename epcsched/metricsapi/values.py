@@ -153,13 +153,18 @@ def pod_values(
 ) -> list[tuple[PodEntry, str]]:
     """Each pod `selector` picks that has a value, in name order."""
     found = []
+    everything = selector.everything
     for pod in pods:
-        if selector.everything or selector.matches(pod.labels):
+        if everything or selector.matches(pod.labels):
             value = pod_value(metric, pod, measured)
             if value is not None:
                 found.append((pod, value))
-    found.sort(key=lambda item: item[0].name)
+    found.sort(key=_by_name)
     return found
+
+
+def _by_name(item: tuple[PodEntry, str]) -> str:
+    return item[0].name
 
 
 def requested_by_node(pods: Iterable[PodEntry]) -> dict[str, int]:

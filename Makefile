@@ -45,6 +45,7 @@ bench: install-test
 	$(PY) benchmarks/informer.py
 	$(PY) benchmarks/simulation.py
 	$(PY) benchmarks/autoscaler.py
+	$(PY) benchmarks/metrics_api.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

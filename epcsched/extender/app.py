@@ -8,6 +8,8 @@ client sends can produce a traceback.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from epcsched.config import Config
+from epcsched.extender.decisions import log_filter
 from epcsched.extender.metrics import ExtenderMetrics
 from epcsched.extender.service import ExtenderService
 from epcsched.extender.wire import BadRequest, error_reply
@@ -47,12 +50,16 @@ def observed(verb: str, handler: Handler) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         code = 500
+        refusal = ""
         try:
             response = await handler(request)
             code = response.status
+            if 400 <= code < 500 and isinstance(response, web.Response):
+                refusal = _error_text(response.body)
             return response
         except web.HTTPException as exc:  # 413 from a body over the limit, among others
             code = exc.status
+            refusal = exc.text or exc.reason
             raise
         except Exception:
             log.exception("internal error answering %s %s", request.method, request.path)
@@ -62,18 +69,59 @@ def observed(verb: str, handler: Handler) -> Handler:
                 content_type=_JSON,
             )
         finally:
-            request.app[METRICS].observe(verb, code, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            request.app[METRICS].observe(verb, code, elapsed)
+            if 400 <= code < 500:
+                log.warning(
+                    "%s %s from %s answered %d: %s",
+                    request.method,
+                    request.path,
+                    request.remote,
+                    code,
+                    refusal,
+                    extra={"verb": verb, "status": code, "reason": refusal},
+                )
+            elif log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s %s from %s answered %d in %.2f ms (%d bytes in)",
+                    request.method,
+                    request.path,
+                    request.remote,
+                    code,
+                    elapsed * 1000,
+                    request.content_length or 0,
+                    extra={"verb": verb, "status": code, "seconds": elapsed},
+                )
 
     return handle
 
 
-def _extender_verb(answer: Callable[[ExtenderService, bytes], bytes]) -> Handler:
+def _error_text(body: object) -> str:
+    """The `Error` of a JSON error reply, for the log."""
+    if isinstance(body, bytes):
+        with contextlib.suppress(ValueError):
+            decoded = json.loads(body)
+            error = decoded.get("Error") if isinstance(decoded, dict) else None
+            if isinstance(error, str):
+                return error
+    return ""
+
+
+def _extender_verb(
+    answer: Callable[[ExtenderService, bytes], bytes],
+    *,
+    decided: Callable[[bytes, bytes], None] | None = None,
+) -> Handler:
+    """A verb answered by `answer`; `decided(body, reply)` sees each well-formed exchange."""
+
     async def handle(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         try:
             reply = answer(request.app[SERVICE], body)
         except BadRequest as exc:
             return web.Response(status=400, body=error_reply(str(exc)), content_type=_JSON)
+        if decided is not None:
+            decided(body, reply)
         return web.Response(body=reply, content_type=_JSON)
 
     return handle
@@ -145,7 +193,7 @@ def create_app(
     app[METRICS] = ExtenderMetrics(registry or CollectorRegistry(), lambda: state.snapshot)
     prefix = settings.prefix.strip("/")
     app[PREFIX] = f"/{prefix}" if prefix else ""
-    add_verb(app, "filter", _extender_verb(ExtenderService.filter))
+    add_verb(app, "filter", _extender_verb(ExtenderService.filter, decided=log_filter))
     add_verb(app, "prioritize", _extender_verb(ExtenderService.prioritize))
     add_verb(app, "preempt", _extender_verb(ExtenderService.preempt))
     app.router.add_get("/healthz", _healthz, name="healthz")

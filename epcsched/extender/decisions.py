@@ -1,0 +1,112 @@
+"""One log line per pod the extender turned nodes away for, grouped by reason.
+
+An operator asking "why is my enclave Pending?" greps the extender's log for the pod. A line per
+failed node would be thousands of lines per scheduling attempt; one line per pod, with how many
+nodes failed and the distinct reasons with their counts, is what can be read and kept. Reasons
+that differ only in figures (free EPC differs from node to node) count as one reason, shown with
+the figures of one node as an example.
+
+The line is built from the reply the service already encoded, and only when it fails a node:
+a filter that passes every node costs one comparison here.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+
+import msgspec
+
+from epcsched.extender import wire
+
+log = logging.getLogger("epcsched.extender.decisions")
+
+# Figures in a reason: 22Mi, 94.5Gi, 1.2k, 85%, 3.
+_FIGURE = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?:[kKMGTPE]i?)?%?")
+_FAILURES_KEY = b',"FailedNodes":'
+_NO_FAILURES = wire.EMPTY_FAILURES + b"}"
+_MAX_REASONS = 5
+"""Distinct reasons spelled out in the message; the JSON fields carry them all."""
+
+
+class _Meta(msgspec.Struct):
+    name: str = ""
+    namespace: str | None = None
+    uid: str = ""
+
+
+class _PodMeta(msgspec.Struct):
+    metadata: _Meta | None = None
+
+
+class _Failures(msgspec.Struct):
+    FailedNodes: dict[str, str] | None = None
+    FailedAndUnresolvableNodes: dict[str, str] | None = None
+
+
+_meta_decoder = msgspec.json.Decoder(_PodMeta)
+_failures_decoder = msgspec.json.Decoder(_Failures)
+
+
+def group_reasons(reasons: list[str]) -> list[tuple[str, int]]:
+    """Distinct reasons (figures aside) with how many nodes gave each, most common first;
+    each shown as the text of its most common exact form."""
+    exact = Counter(reasons)
+    groups: dict[str, list[tuple[str, int]]] = {}
+    for text, count in exact.items():
+        groups.setdefault(_FIGURE.sub("N", text), []).append((text, count))
+    grouped = []
+    for members in groups.values():
+        example = max(members, key=lambda m: m[1])[0]
+        grouped.append((example, sum(count for _, count in members)))
+    grouped.sort(key=lambda g: (-g[1], g[0]))
+    return grouped
+
+
+def pod_identity(body: bytes) -> tuple[str, str]:
+    """`namespace/name` and uid of the request's pod ("" where the request has none)."""
+    try:
+        pod = _meta_decoder.decode(wire.split_args(body).pod_raw)
+    except (wire.BadRequest, msgspec.DecodeError):
+        return "", ""
+    meta = pod.metadata or _Meta()
+    return f"{meta.namespace or 'default'}/{meta.name}", meta.uid
+
+
+def log_filter(body: bytes, reply: bytes) -> None:
+    """Log the pod's failed nodes at INFO, if the filter reply failed any."""
+    if reply.endswith(_NO_FAILURES) or not log.isEnabledFor(logging.INFO):
+        return
+    at = reply.rfind(_FAILURES_KEY)
+    if at < 0:  # an Error reply: the handler logs those
+        return
+    try:
+        failures = _failures_decoder.decode(b"{" + reply[at + 1 :])
+    except msgspec.DecodeError:
+        return
+    failed = failures.FailedNodes or {}
+    unresolvable = failures.FailedAndUnresolvableNodes or {}
+    if not failed and not unresolvable:
+        return
+    pod, uid = pod_identity(body)
+    grouped = group_reasons([*failed.values(), *unresolvable.values()])
+    shown = "; ".join(f"{count}× {text}" for text, count in grouped[:_MAX_REASONS])
+    if len(grouped) > _MAX_REASONS:
+        shown += f"; and {len(grouped) - _MAX_REASONS} other reasons"
+    log.info(
+        "pod %s (uid %s): failed %d nodes (%d where preemption could help, %d where it cannot): %s",
+        pod,
+        uid or "none",
+        len(failed) + len(unresolvable),
+        len(failed),
+        len(unresolvable),
+        shown,
+        extra={
+            "pod": pod,
+            "uid": uid,
+            "failedNodes": len(failed),
+            "unresolvableNodes": len(unresolvable),
+            "reasons": dict(grouped),
+        },
+    )

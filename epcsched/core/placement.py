@@ -108,8 +108,7 @@ def rules_fit(snapshot: ClusterSnapshot, constraints: Constraints, slots: IntArr
 
 def all_slots(snapshot: ClusterSnapshot) -> tuple[list[str], IntArray]:
     """Every known node, sorted by name (ties are broken by name), with its slot."""
-    names = snapshot.node_names()
-    return names, snapshot.slots_of(names)
+    return snapshot.sorted_slots()
 
 
 def resources_fit(snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray) -> BoolArray:

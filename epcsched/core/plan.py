@@ -230,10 +230,9 @@ def _place(snapshot: ClusterSnapshot, pod: PodInfo, request: PodRequest, node: s
 
 def _fits_first(snapshot: ClusterSnapshot, request: PodRequest) -> str | None:
     """First fit: the first node by name that holds `request` (bin-packing estimator order)."""
-    names = snapshot.node_names()
+    names, slots = snapshot.sorted_slots()
     if not names:
         return None
-    slots = snapshot.slots_of(names)
     ok = resources_fit(snapshot, request, slots) & fit_masks(snapshot, request, slots).ok
     hits = np.flatnonzero(ok)
     return names[int(hits[0])] if hits.size else None

@@ -142,6 +142,7 @@ class ClusterSnapshot:
         self.reservations: dict[str, Reservation] = {}
         self.advertisers: dict[str, int] = dict.fromkeys(self.epc_resources, 0)
         """How many nodes advertise each EPC resource name."""
+        self._sorted: tuple[int, list[str], IntArray] | None = None
         self.generation = next(_STAMPS)
         """Changes whenever the set of nodes changes: caches of name-to-slot lookups key on it."""
         self.version = next(_STAMPS)
@@ -278,6 +279,16 @@ class ClusterSnapshot:
 
     def node_names(self) -> list[str]:
         return sorted(self.slots)
+
+    def sorted_slots(self) -> tuple[list[str], IntArray]:
+        """Every node name in sorted order and its slot, cached until the set of nodes changes
+        (placement asks for this on every what-if pod). The caller must not modify either."""
+        cached = self._sorted
+        if cached is None or cached[0] != self.generation:
+            names = sorted(self.slots)
+            cached = (self.generation, names, self.slots_of(names))
+            self._sorted = cached
+        return cached[1], cached[2]
 
     def slots_of(self, names: Iterable[str]) -> IntArray:
         """Slot of each name, -1 for names that are not known nodes."""

@@ -261,7 +261,11 @@ class Autoscaler:
         self._seen &= {p.key for p in self.cluster.snapshot.pending_pods()}
         views = await self._observe(now)
         snapshot = self.cluster.snapshot
-        self.state, decision = decide(self.state, views, snapshot, self.policy, now)
+        state, decision = decide(self.state, views, snapshot, self.policy, now)
+        if leader:
+            # A replica that only observes keeps no memory of its own: on becoming leader it
+            # takes the leader's from the status ConfigMap.
+            self.state = state
         self.last_decision = decision
         usable = {v.name: len(v.usable) for v in views}
         backed_off = {n for n, m in self.state.pools.items() if m.backed_off(now)}

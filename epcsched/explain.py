@@ -19,6 +19,7 @@ from epcsched.cli import CommandError
 from epcsched.config import STRATEGIES, Config, load_config
 from epcsched.core.fit import PodRequest, fit_masks, reasons
 from epcsched.core.placement import all_slots, resources_fit
+from epcsched.core.rules import refusal
 from epcsched.core.score import score
 from epcsched.core.snapshot import ClusterSnapshot
 from epcsched.objects import ObjectError, Pod, pod_info
@@ -83,10 +84,10 @@ def _kube_reason(snapshot: ClusterSnapshot, request: PodRequest, slot: int) -> s
     info = snapshot.infos[slot]
     if info is None:
         return "unknown node"
-    if info.unschedulable:
-        return "node is cordoned"
-    if not info.ready:
-        return "node is not Ready"
+    # Readiness, cordons, taints and node affinity/selector, in kube-scheduler's words.
+    refused = refusal(request.constraints, info)
+    if refused is not None:
+        return refused
     out = []
     if request.cpu_milli and snapshot.cpu_requested[slot] + request.cpu_milli > info.cpu_milli:
         out.append("insufficient cpu")

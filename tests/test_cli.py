@@ -46,6 +46,19 @@ def test_explain_prints_a_row_per_node(
     assert "1 of 3 nodes fit" in out
 
 
+def test_explain_names_the_kube_scheduler_rule_that_refuses_a_node(
+    tmp_path: Path, snapshot_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    selecting = pod("p", "1Mi")
+    selecting["spec"]["nodeSelector"] = {"agentpool": "nowhere"}
+    pod_file = write(tmp_path / "pod.json", selecting)
+    assert main(["explain", "--snapshot", str(snapshot_file), str(pod_file)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()[1:] if line.strip()}
+    assert "kube-scheduler: node(s) didn't match Pod's node affinity/selector" in rows["big"]
+    assert "0 of 3 nodes fit" in out
+
+
 def test_explain_accepts_yaml_pods(
     tmp_path: Path, snapshot_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

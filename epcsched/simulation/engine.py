@@ -9,10 +9,16 @@ baseline over the same `ClusterSnapshot` the extender serves from; ties go to th
 Pods that fit nowhere wait, and are retried in submission order whenever a node gains room (a pod
 finishes, a node turns Ready). Only that node gained room, so a waiting pod is retried only when
 it would fit there; it is then placed by the full policy, which picks that node.
+
+A Deployment workload (`deployment.py`) adds replica pods during the run: its scaler's HPA syncs
+are events too (last at equal times, after the autoscaler's tick), each creating or deleting
+replicas as the HPA rule asks; the replicas' EPC use between events follows the load curve, and
+the time each running enclave spends over its EPC limit is integrated exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from collections.abc import Callable
@@ -31,8 +37,12 @@ from epcsched.core.autoscale import (
 )
 from epcsched.core.fit import PodRequest
 from epcsched.core.snapshot import ClusterSnapshot, IntArray
+from epcsched.metricsapi.hpa import replicas_for_pods_metric, replicas_for_utilization
+from epcsched.metricsapi.values import USAGE_RATIO, Measurements, PodEntry, pod_value
 from epcsched.model import NodeInfo, PodInfo
+from epcsched.quantity import parse_quantity
 from epcsched.simulation.baselines import PolicySpec, policy_spec
+from epcsched.simulation.deployment import CPU, FIXED, DeploymentSpec, ScalerSpec
 from epcsched.simulation.placer import Placer
 from epcsched.simulation.scenario import Scenario
 from epcsched.simulation.workload import Workload
@@ -42,7 +52,8 @@ SERIES_POINTS = 400
 WAIT_QUANTILES = 101
 
 # Event kinds, in the order they are handled at equal times.
-_COMPLETE, _READY, _ARRIVE, _TICK = 0, 1, 2, 3
+_COMPLETE, _READY, _ARRIVE, _TICK, _HPA = 0, 1, 2, 3, 4
+GIB = 2**30
 
 #: Called before each binding with (snapshot, pod, request, chosen node or None).
 DecisionObserver = Callable[[ClusterSnapshot, PodInfo, PodRequest, str | None], None]
@@ -66,6 +77,8 @@ class RunResult:
     """(pod id, node) in decision order, when recorded."""
     max_epc_overcommit: int = 0
     """Most bytes by which any node's running enclaves exceeded its EPC."""
+    replicas: list[int] = field(default_factory=list)
+    """A Deployment's replica count (the scale's spec) at each of `times`."""
 
 
 @dataclass(slots=True)
@@ -90,6 +103,12 @@ class _Pending:
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
+
+    def extend(self, epc: int, cpu: int, memory: int) -> None:
+        """Room for one more pod, created during the run (a Deployment's replica)."""
+        self._epc = np.append(self._epc, epc)
+        self._cpu = np.append(self._cpu, cpu)
+        self._memory = np.append(self._memory, memory)
 
     def add(self, pod: int) -> None:
         at = int(np.searchsorted(self.index, pod))
@@ -124,9 +143,23 @@ class Simulation:
     ) -> None:
         self.scenario = scenario
         self.workload = workload
-        self.spec = (
-            policy if isinstance(policy, PolicySpec) else policy_spec(policy, scenario.autoscaler)
-        )
+        self.deployment: DeploymentSpec | None = scenario.deployment
+        self.scaler: ScalerSpec | None = None
+        if self.deployment is not None:
+            # The run is named after its scaler; pods are placed by the scenario's one policy.
+            name = policy if isinstance(policy, str) else policy.name
+            try:
+                self.scaler = self.deployment.scaler(name)
+            except KeyError:
+                raise ValueError(f"unknown scaler {name!r}") from None
+            placement = policy_spec(scenario.policies[0], scenario.autoscaler)
+            self.spec = dataclasses.replace(placement, name=name)
+        else:
+            self.spec = (
+                policy
+                if isinstance(policy, PolicySpec)
+                else policy_spec(policy, scenario.autoscaler)
+            )
         self.record = record_placements
         self.observer = observer
         self.resource = scenario.epc_resource
@@ -138,6 +171,9 @@ class Simulation:
         """The cluster the run places pods on; a caller may pass one to watch it live."""
         self.placer = Placer(self.snapshot)
         n = len(workload)
+        self.jobs = n
+        """Pods 0..jobs-1 are the workload's jobs; a Deployment's replicas come after them."""
+        self.ids: list[str] = list(workload.ids)
         self.horizon = scenario.horizon
         self.now = 0.0
         self.seq = 0
@@ -201,6 +237,18 @@ class Simulation:
         self.series_pending: list[int] = []
         self.series_nodes: list[int] = []
         self.placements: list[tuple[str, str]] = []
+        # The Deployment: its live replicas in creation order, the HPA's memory, and integrals.
+        self.replicas: list[int] = []
+        self.running_replicas = 0
+        self.hpa_history: tuple[tuple[float, int], ...] = ()
+        self.replicas_created = 0
+        self.peak_replicas = 0
+        self.scale_seconds = 0.0
+        self.replica_seconds = 0.0
+        self.over_limit_seconds = 0.0
+        self.no_replica_seconds = 0.0
+        self.peak_ratio = 0.0
+        self.series_replicas: list[int] = []
 
     # ----- clock -------------------------------------------------------------------------
     def _advance(self, t: float) -> None:
@@ -211,13 +259,32 @@ class Simulation:
             self.overcommit_pod_seconds += dt * self.overcommitted_pods
             if self.epc_capacity > 0:
                 self.utilization_seconds += dt * self.epc_used / self.epc_capacity
+            if self.deployment is not None:
+                self._integrate_load(self.deployment, self.now, t)
         while self.series_at < SERIES_POINTS and self.series_t[self.series_at] <= t:
             self.series_pending.append(len(self.pending))
             self.series_nodes.append(self.provisioned)
+            self.series_replicas.append(len(self.replicas))
             self.series_at += 1
         self.now = max(self.now, t)
 
+    def _integrate_load(self, spec: DeploymentSpec, start: float, end: float) -> None:
+        """The replicas' EPC use over [start, end], during which the running count is fixed:
+        each holds `base + L(t) / n`, over its limit while `L(t) > n * (limit - base)`."""
+        n = self.running_replicas
+        self.scale_seconds += (end - start) * len(self.replicas)
+        if n == 0:
+            self.no_replica_seconds += end - start
+            return
+        self.replica_seconds += (end - start) * n
+        self.over_limit_seconds += n * spec.load.seconds_above(start, end, n * spec.headroom)
+        highest = spec.epc_base + spec.load.peak(start, end) / n
+        self.peak_ratio = max(self.peak_ratio, highest / spec.epc_limit)
+
     def _push(self, t: float, kind: int, payload: int, version: int = 0) -> None:
+        if t == math.inf:
+            # A replica runs until it is deleted: it has no completion to wait for.
+            return
         self.seq += 1
         heapq.heappush(self.events, (t, kind, self.seq, payload, version))
 
@@ -273,7 +340,7 @@ class Simulation:
         epc = self.declared[pod]
         return PodInfo(
             namespace=NAMESPACE,
-            name=self.workload.ids[pod],
+            name=self.ids[pod],
             uid=str(pod),
             node_name=node,
             phase="Running" if node else "Pending",
@@ -284,7 +351,7 @@ class Simulation:
             memory=self.memory[pod],
             # A workload's pods are recreated by their controller when evicted (see
             # `_remove_node`), so they never keep a node from being drained.
-            owner_kind="Job",
+            owner_kind="Job" if pod < self.jobs else "ReplicaSet",
         )
 
     def _request(self, pod: int) -> PodRequest:
@@ -313,7 +380,7 @@ class Simulation:
 
     def _bind(self, pod: int, node: str) -> None:
         if self.record:
-            self.placements.append((self.workload.ids[pod], node))
+            self.placements.append((self.ids[pod], node))
         self.snapshot.upsert_pod(self._pod(pod, node))
         self.pod_node[pod] = node
         if math.isnan(self.first_start[pod]):
@@ -322,6 +389,8 @@ class Simulation:
         self.work_left[pod] = self.duration[pod]
         self.mark[pod] = self.now
         self.version[pod] += 1
+        if pod >= self.jobs:
+            self.running_replicas += 1
         epc = self.true_epc[pod]
         if epc:
             count = self.enclaves[node]
@@ -342,7 +411,9 @@ class Simulation:
         self.pod_node[pod] = None
         self.version[pod] += 1
         self.node_pods[node].discard(pod)
-        self.snapshot.remove_pod(f"{NAMESPACE}/{self.workload.ids[pod]}")
+        self.snapshot.remove_pod(f"{NAMESPACE}/{self.ids[pod]}")
+        if pod >= self.jobs:
+            self.running_replicas -= 1
         epc = self.true_epc[pod]
         if epc:
             count = self.enclaves[node]
@@ -463,6 +534,97 @@ class Simulation:
                     pool.booting.pop(0)
                     self.provisioned -= 1
 
+    # ----- a Deployment and its scaler ----------------------------------------------------
+    def _create_replicas(self, spec: DeploymentSpec, count: int) -> None:
+        """The ReplicaSet creates `count` pods; each meets the scheduler at once."""
+        for _ in range(count):
+            pod = len(self.ids)
+            self.ids.append(f"{spec.name}-{self.replicas_created:05d}")
+            self.replicas_created += 1
+            declared = spec.epc_limit if self.spec.declares_epc else 0
+            self.declared.append(declared)
+            self.true_epc.append(spec.epc_limit)
+            self.cpu.append(spec.cpu_request)
+            self.memory.append(spec.memory)
+            self.duration.append(math.inf)
+            self.submit.append(self.now)
+            self.pod_node.append(None)
+            self.first_start.append(math.nan)
+            self.work_left.append(0.0)
+            self.mark.append(0.0)
+            self.version.append(0)
+            self.pending.extend(declared, spec.cpu_request, spec.memory)
+            self.replicas.append(pod)
+            self._schedule(pod)
+        self.peak_replicas = max(self.peak_replicas, len(self.replicas))
+
+    def _delete_replicas(self, count: int) -> None:
+        """The ReplicaSet deletes `count` pods, in its order: unscheduled pods first, then pods
+        on the nodes that run the most of its replicas, newest first."""
+        on_node: dict[str, int] = {}
+        for pod in self.replicas:
+            node = self.pod_node[pod]
+            if node is not None:
+                on_node[node] = on_node.get(node, 0) + 1
+
+        def rank(pod: int) -> tuple[bool, int, int]:
+            node = self.pod_node[pod]
+            return (node is not None, -on_node[node] if node is not None else 0, -pod)
+
+        for pod in sorted(self.replicas, key=rank)[:count]:
+            self.replicas.remove(pod)
+            if self.pod_node[pod] is None:
+                self.pending.remove(pod)
+                self.snapshot.remove_pod(f"{NAMESPACE}/{self.ids[pod]}")
+                self.version[pod] += 1
+            else:
+                self._retry(self._unbind(pod))
+
+    def _usage_ratio(self, spec: DeploymentSpec, share: float) -> int:
+        """`sgx_epc_usage_ratio` of a running replica holding `share` bytes of load, in
+        thousandths, exactly as the metrics API serves it and the HPA reads it back."""
+        held = spec.epc_base + round(share)
+        replica = PodEntry(NAMESPACE, spec.name, "replica", epc_limit=spec.epc_limit)
+        value = pod_value(USAGE_RATIO, replica, Measurements(self.now, pod_usage={"replica": held}))
+        assert value is not None
+        return math.ceil(parse_quantity(value) * 1000)
+
+    def _hpa_sync(self, spec: DeploymentSpec, scaler: ScalerSpec) -> None:
+        """One reconciliation of the HPA: read the metric of the running replicas, apply the
+        replica rule and the behavior, and scale the Deployment."""
+        current = len(self.replicas)
+        running = self.running_replicas
+        if running == 0:
+            # No ready pod has a value: the controller keeps the scale.
+            return
+        share = spec.load.at(self.now) / running
+        pending = current - running
+        if scaler.metric == CPU:
+            use = spec.cpu_base + round(spec.cpu_per_gib * share / GIB)
+            desired = replicas_for_utilization(
+                current,
+                [use] * running,
+                [spec.cpu_request] * running,
+                scaler.target,
+                unready_requests=[spec.cpu_request] * pending,
+                tolerance=spec.tolerance,
+            )
+        else:
+            desired = replicas_for_pods_metric(
+                current,
+                [self._usage_ratio(spec, share)] * running,
+                scaler.target,
+                unready=pending,
+                tolerance=spec.tolerance,
+            )
+        target, self.hpa_history = scaler.behavior.next_replicas(
+            current, desired, self.now, self.hpa_history
+        )
+        if target > current:
+            self._create_replicas(spec, target - current)
+        elif target < current:
+            self._delete_replicas(current - target)
+
     # ----- the run -----------------------------------------------------------------------
     def run(self) -> RunResult:
         for pool, spec in zip(self.pools, self.scenario.pools, strict=True):
@@ -471,8 +633,14 @@ class Simulation:
         interval = self.scenario.autoscaler.interval if self.scenario.autoscaler else 0.0
         if self.spec.autoscaler is not None and interval > 0:
             self._push(interval, _TICK, 0)
+        deployment, scaler = self.deployment, self.scaler
+        if deployment is not None and scaler is not None:
+            self._create_replicas(deployment, scaler.replicas)
+            if scaler.metric != FIXED:
+                self._push(deployment.sync_period, _HPA, 0)
         submit = self.submit
-        n = len(submit)
+        # Only the jobs arrive on their own; replicas are appended to `submit` as they are made.
+        n = self.jobs
         nxt = 0
         while True:
             arrival = submit[nxt] if nxt < n else math.inf
@@ -494,9 +662,12 @@ class Simulation:
                     name = f"{pool.name}-{version:05d}"
                     if name in pool.booting:
                         self._node_ready(pool, name)
-                else:
+                elif kind == _TICK:
                     self._tick()
                     self._push(self.now + interval, _TICK, 0)
+                elif deployment is not None and scaler is not None:
+                    self._hpa_sync(deployment, scaler)
+                    self._push(self.now + deployment.sync_period, _HPA, 0)
             else:
                 if arrival > self.horizon:
                     break
@@ -507,8 +678,11 @@ class Simulation:
         return self._result(nxt)
 
     def _result(self, submitted: int) -> RunResult:
-        starts = np.asarray(self.first_start[:submitted], dtype=np.float64)
-        submits = np.asarray(self.submit[:submitted], dtype=np.float64)
+        # The jobs submitted before the horizon, and every replica created.
+        pods = np.r_[0:submitted, self.jobs : len(self.submit)]
+        starts = np.asarray(self.first_start, dtype=np.float64)[pods]
+        submits = np.asarray(self.submit, dtype=np.float64)[pods]
+        submitted = int(pods.shape[0])
         never = np.isnan(starts)
         waits = np.where(never, self.horizon - submits, starts - submits)
         if submitted:
@@ -536,6 +710,19 @@ class Simulation:
             "podsWaited": int(((waits > 0) | never).sum()),
             "evictions": self.evictions,
         }
+        if self.deployment is not None:
+            share = self.over_limit_seconds / self.replica_seconds if self.replica_seconds else 0.0
+            metrics.update(
+                {
+                    "replicaPodsCreated": self.replicas_created,
+                    "peakReplicas": self.peak_replicas,
+                    "meanReplicas": round(self.scale_seconds / self.horizon, 3),
+                    "enclaveSecondsOverLimit": round(self.over_limit_seconds, 1),
+                    "overLimitShare": round(share, 4),
+                    "peakUsageRatio": round(self.peak_ratio, 3),
+                    "secondsNoReplicaRunning": round(self.no_replica_seconds, 1),
+                }
+            )
         return RunResult(
             policy=self.spec.name,
             seed=self.scenario.seed,
@@ -547,6 +734,7 @@ class Simulation:
             wait_quantiles=[round(float(q), 3) for q in quantiles],
             placements=self.placements,
             max_epc_overcommit=self.max_overcommit,
+            replicas=self.series_replicas,
         )
 
 

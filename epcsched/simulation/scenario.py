@@ -3,6 +3,10 @@
 A scenario uses the keys of the one configuration file (`autoscaler.nodePools` entries and the
 `autoscaler` section) plus a few of its own (`sku`, `initialSize`, `provisionDelay`), and is
 validated by the same `build` so that every error names the file and the key path.
+
+A scenario whose workload is a Deployment (`simulation/deployment.py`) compares the Deployment's
+scalers instead of placement policies: it names one placement policy (default `binpack`), and
+its runs are named after the scalers.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from epcsched.core.snapshot import Headroom
 from epcsched.model import NodeInfo
 from epcsched.objects import template_node
 from epcsched.quantity import DEFAULT_EPC_RESOURCES
+from epcsched.simulation.deployment import DeploymentSpec
 from epcsched.simulation.workload import WorkloadSpec, parse_workload
 from epcsched.skus import lookup
 from epcsched.yamlfile import FileFormatError, load_document
@@ -124,6 +129,18 @@ class Scenario:
         resources = dict(DEFAULT_EPC_RESOURCES)
         resources.setdefault(self.epc_resource, 1)
         return resources
+
+    @property
+    def deployment(self) -> DeploymentSpec | None:
+        """The Deployment this scenario scales, if its workload is one."""
+        return self.workload if isinstance(self.workload, DeploymentSpec) else None
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        """What the scenario compares: its policies, or its Deployment's scalers."""
+        if self.deployment is not None:
+            return tuple(s.name for s in self.deployment.scalers)
+        return self.policies
 
     def variant(self, variant: Variant) -> Scenario:
         """This scenario with a sweep point's seed and pool sizes."""
@@ -336,7 +353,12 @@ def _parse(data: object, base: Path) -> Scenario:
             raise _fail(f"nodePools[{i}].name", f"duplicate pool name {pool_name!r}")
     autoscaler, delay = _autoscaler(data.get("autoscaler"))
     workload = parse_workload(data.get("workload"), base=base, where="workload")
-    policies = _policies(data.get("policies"), autoscaler is not None)
+    if isinstance(workload, DeploymentSpec):
+        policies = _policies(data.get("policies", ["binpack"]), autoscaler is not None)
+        if len(policies) != 1:
+            raise _fail("policies", "a deployment workload compares its scalers: name one policy")
+    else:
+        policies = _policies(data.get("policies"), autoscaler is not None)
     description = data.get("description", "")
     if not isinstance(description, str):
         raise _fail("description", "must be a string")

@@ -2,7 +2,9 @@
 
 Either way the result is the same column arrays (submit time, duration, EPC bytes, CPU
 millicores, memory bytes), sorted by submit time; the position of a pod is its submission order.
-Amounts are whole integers (EPC and memory in bytes) however the trace writes them.
+Amounts are whole integers (EPC and memory in bytes) however the trace writes them. The third
+kind, a Deployment scaled over a load curve (`deployment`), submits no jobs: the engine creates
+its replicas as its scaler asks.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy.typing as npt
 
 from epcsched.config import ConfigError
 from epcsched.quantity import MIB
+from epcsched.simulation.deployment import DeploymentSpec, parse_deployment
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -72,7 +75,7 @@ class SyntheticSpec:
     memory_mib: Distribution
 
 
-WorkloadSpec = TraceSpec | SyntheticSpec
+WorkloadSpec = TraceSpec | SyntheticSpec | DeploymentSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,17 +182,15 @@ _SYNTHETIC_KEYS = ("count", "arrivalRatePerMin", "durationS", "epcMiB", "cpuM", 
 
 
 def parse_workload(data: object, *, base: Path, where: str) -> WorkloadSpec:
-    """`{trace: file.csv}` (relative to `base`) or `{synthetic: {...}}`."""
+    """`{trace: file.csv}` (relative to `base`), `{synthetic: {...}}` or `{deployment: {...}}`."""
     if (
         not isinstance(data, dict)
         or len(data) != 1
-        or next(iter(data))
-        not in (
-            "trace",
-            "synthetic",
-        )
+        or next(iter(data)) not in ("trace", "synthetic", "deployment")
     ):
-        raise _fail(where, "must be {trace: FILE.csv} or {synthetic: {...}}")
+        raise _fail(where, "must be {trace: FILE.csv}, {synthetic: {...}} or {deployment: {...}}")
+    if "deployment" in data:
+        return parse_deployment(data["deployment"], f"{where}.deployment")
     if "trace" in data:
         if not isinstance(data["trace"], str) or not data["trace"]:
             raise _fail(f"{where}.trace", "must be a file name")
@@ -309,7 +310,11 @@ def _read_trace(path: Path) -> Workload:
 
 
 def load_workload(spec: WorkloadSpec, seed: int) -> Workload:
-    """The pods of a scenario: the trace as written, or the generator drawn with `seed`."""
+    """The pods of a scenario: the trace as written, or the generator drawn with `seed`; none
+    for a Deployment, whose replicas come and go during the run."""
     if isinstance(spec, TraceSpec):
         return read_trace(spec.path)
+    if isinstance(spec, DeploymentSpec):
+        empty = np.zeros(0, dtype=np.int64)
+        return Workload((), np.zeros(0), np.zeros(0), empty, empty, empty)
     return generate(spec, seed)

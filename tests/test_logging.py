@@ -223,11 +223,20 @@ def test_group_reasons_counts_reasons_that_differ_only_in_figures() -> None:
         "under EPC pressure: 93% of EPC in use (87.4Mi of 94Mi), above 90%",
     ]
     assert group_reasons(reasons) == [
-        ("insufficient sgx.intel.com/epc: requested 64Mi, free 14Mi of 94Mi", 3),
+        ("insufficient sgx.intel.com/epc: requested 64Mi, free 22Mi of 94Mi", 3),
         ("under EPC pressure: paging 1.2k pages/s above 500", 2),
         ("node does not advertise sgx.intel.com/epc (it has no EPC)", 1),
         ("under EPC pressure: 93% of EPC in use (87.4Mi of 94Mi), above 90%", 1),
     ]
+
+
+def test_group_reasons_lumps_the_tail_beyond_twenty_groups() -> None:
+    reasons = [f"node does not advertise {chr(97 + i)}.example/epc" for i in range(25)] * 2
+    grouped = group_reasons(reasons)
+    assert len(grouped) == 21
+    assert grouped[-1] == ("other reasons", 10)
+    assert grouped[0] == ("node does not advertise a.example/epc", 2)
+    assert sum(count for _, count in grouped) == 50
 
 
 def test_json_formatter_keeps_fields_and_exceptions_on_one_line() -> None:

@@ -8,6 +8,7 @@ client sends can produce a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -121,7 +122,8 @@ def _extender_verb(
         except BadRequest as exc:
             return web.Response(status=400, body=error_reply(str(exc)), content_type=_JSON)
         if decided is not None:
-            decided(body, reply)
+            # After this handler's reply is on the socket: kube-scheduler need not wait for it.
+            asyncio.get_running_loop().call_soon(decided, body, reply)
         return web.Response(body=reply, content_type=_JSON)
 
     return handle

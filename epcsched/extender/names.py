@@ -20,8 +20,6 @@ the nodes it keeps by one gather and one join.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import numpy.typing as npt
 
@@ -34,14 +32,10 @@ _QUOTE, _COMMA, _OPEN, _CLOSE = 0x22, 0x2C, 0x5B, 0x5D
 _EMPTY = np.zeros(0, dtype=np.int64)
 
 
-@dataclass(frozen=True, slots=True)
-class _Run:
-    """Consecutive names of the reference: their JSON (`"a","b"`) and their slots."""
-
-    raw: bytes
-    slots: IntArray
-    step: int
-    """From the run's first byte to the first byte after its separator."""
+_Run = tuple[bytes, IntArray, int]
+"""Consecutive names of the reference: their JSON (`"a","b"`), their slots, and the step from
+the run's first byte to the first byte after its separator. A tuple, because the reading loop
+indexes it once per run and a tuple index is the cheapest read Python has."""
 
 
 class NameResolver:
@@ -91,6 +85,7 @@ class NameResolver:
             return _EMPTY
         runs_get, find, startswith = self._runs.get, raw.find, raw.startswith
         parts: list[IntArray] = []
+        append = parts.append
         pos = 1
         # Once per run, not per name: the loop is kept to a handful of C calls.
         while True:
@@ -98,12 +93,12 @@ class NameResolver:
             # a quote) the key is no name's JSON and the lookup fails, as it should.
             key = raw[pos : find(b'"', pos + 1) + 1]
             run = runs_get(key)
-            if run is None or not startswith(run.raw, pos):
+            if run is None or not startswith(run[0], pos):
                 run = self._extend(raw, pos, key)
                 if run is None:
                     return None
-            parts.append(run.slots)
-            pos += run.step
+            append(run[1])
+            pos += run[2]
             if pos > last:
                 break
             if raw[pos - 1] != _COMMA:
@@ -141,7 +136,7 @@ class NameResolver:
             else:
                 bad = middle
         text = bytes(ref[start : ends[first + good - 1]])
-        run = self._runs[key] = _Run(text, self._slots[first : first + good], len(text) + 1)
+        run = self._runs[key] = (text, self._slots[first : first + good], len(text) + 1)
         return run
 
     # ----- the reference -----------------------------------------------------------------

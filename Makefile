@@ -42,6 +42,7 @@ demo: install
 
 bench: install-test
 	$(PY) benchmarks/extender.py
+	$(PY) benchmarks/scheduling_loop.py
 	$(PY) benchmarks/extender_logging.py
 	$(PY) benchmarks/informer.py
 	$(PY) benchmarks/simulation.py

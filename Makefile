@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install install-test system-deps test lint format demo bench clean
+.PHONY: install install-test system-deps test lint format demo bench mutation clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ $(VENV)/.test: $(VENV)/.base
 install: $(VENV)/.base
 
 install-test: $(VENV)/.test
+
+$(VENV)/.mutation: $(VENV)/.test
+	$(PIP) install --quiet -e '.[test,mutation]'
+	touch $@
 
 # Debian's prometheus (with promtool) for the telemetry tests; installed only when missing.
 system-deps:
@@ -48,6 +52,13 @@ bench: install-test
 	$(PY) benchmarks/simulation.py
 	$(PY) benchmarks/autoscaler.py
 	$(PY) benchmarks/metrics_api.py
+
+# Mutation testing of the core, the bound and the extender's wire/service code (slow; not part
+# of `make test`): writes benchmarks/mutation/REPORT.md. ONLY=score.py runs one file;
+# SEEDS=10 measures the property tests under ten hypothesis seeds; WORKERS=2 runs two mutants
+# at a time.
+mutation: $(VENV)/.mutation
+	$(PY) benchmarks/mutation.py --workers $(or $(WORKERS),1) $(if $(ONLY),--only $(ONLY)) $(if $(SEEDS),--seeds $(SEEDS))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,27 @@
+"""Hypothesis profiles shared by every test file, so a property test's strength is repeatable.
+
+- `ci` (loaded when `CI` is set, as `.ci/run` runs, and by `make mutation`): derandomized, so a
+  run is a function of the code alone and a mutant the properties catch once they catch on every
+  run; no example database, so an example saved by an earlier run cannot decide a later one.
+- `seeded`: random generation from `--hypothesis-seed=N`, no database. `make mutation
+  SEEDS=10` uses it to measure that the planner and bound properties catch their mutants under
+  many seeds, not only under the one `ci` fixes.
+- Otherwise hypothesis's default (random, with the local `.hypothesis/` database), which keeps
+  looking for new failures on a developer's machine.
+
+`EPCSCHED_HYPOTHESIS_PROFILE` picks a profile by name. Per-test `@settings` set only the number
+of examples (and `deadline=None`), never the randomness, so the profile decides it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("seeded", derandomize=False, database=None, deadline=None)
+
+_profile = os.environ.get("EPCSCHED_HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "")
+if _profile:
+    settings.load_profile(_profile)

@@ -21,7 +21,8 @@ from epcsched.core.fit import PodRequest, fit_masks, reasons
 from epcsched.core.placement import all_slots, resources_fit
 from epcsched.core.rules import refusal
 from epcsched.core.score import score
-from epcsched.core.snapshot import ClusterSnapshot
+from epcsched.core.snapshot import ClusterSnapshot, Headroom
+from epcsched.lookalike import describe, pod_lookalikes
 from epcsched.objects import ObjectError, Pod, pod_info
 from epcsched.quantity import format_bytes
 from epcsched.yamlfile import FileFormatError, load_document
@@ -76,7 +77,9 @@ def _epc_summary(snapshot: ClusterSnapshot, slot: int) -> str:
         if column.has[slot]:
             free = format_bytes(max(int(snapshot.free(name, one)[0]), 0))
             allocatable = format_bytes(int(column.allocatable[slot]))
-            parts.append(f"{free} free of {allocatable} {name}")
+            kept = int(column.headroom[slot])
+            after = f" after {format_bytes(kept)} headroom" if kept else ""
+            parts.append(f"{free} free of {allocatable} {name}{after}")
     return ", ".join(parts) or "no EPC"
 
 
@@ -116,7 +119,7 @@ def render(rows: list[Row], out: TextIO) -> None:
         out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
 
 
-def load_pod(path: str, config: Config) -> PodRequest:
+def load_pod(path: str, config: Config) -> tuple[Pod, PodRequest]:
     try:
         data = load_document(path)
     except FileFormatError as exc:
@@ -128,9 +131,21 @@ def load_pod(path: str, config: Config) -> PodRequest:
     except msgspec.ValidationError as exc:
         raise CommandError(f"{path}: {exc}") from None
     try:
-        return PodRequest.of(pod_info(pod, config.epc.resources))
+        return pod, PodRequest.of(pod_info(pod, config.epc.resources))
     except ObjectError as exc:
         raise CommandError(f"{path}: {exc}") from None
+
+
+def headroom_note(headroom: Headroom) -> str:
+    """What `epc.headroom` keeps free on each node, in words."""
+    parts = []
+    if headroom.fraction:
+        parts.append(f"{float(headroom.fraction) * 100:g}% of each node's EPC")
+    if headroom.bytes:
+        parts.append(format_bytes(headroom.bytes))
+    if not parts:
+        return "No EPC headroom kept (epc.headroom: 0)."
+    return f"Headroom kept free and subtracted above: {' + '.join(parts)} (epc.headroom)."
 
 
 def register(sub: Any) -> None:
@@ -155,9 +170,17 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     strategy = args.strategy or config.extender.strategy
     snapshot = load_snapshot(args.snapshot, config)
-    request = load_pod(args.pod, config)
+    if len(snapshot) == 0:
+        raise CommandError(
+            f"--snapshot: no Node in {', '.join(args.snapshot)} (give the cluster's nodes, "
+            "e.g. `kubectl get nodes,pods -A -o json`)"
+        )
+    pod, request = load_pod(args.pod, config)
     rows = explain(snapshot, request, strategy, prefer_non_sgx=config.extender.prefer_non_sgx)
     render(rows, sys.stdout)
     fitting = sum(r.fits for r in rows)
     print(f"\n{fitting} of {len(rows)} nodes fit (strategy {strategy}).")
+    print(headroom_note(snapshot.headroom))
+    for name, nearest in pod_lookalikes(pod, config.epc.resources):
+        print(f"warning: the pod {describe(name, nearest)}.")
     return 0

@@ -89,6 +89,18 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler `setup` installs, told apart from handlers others added (pytest's)."""
 
 
+class _StderrHandler(_Handler):
+    """Writes to whatever `sys.stderr` is when a record is emitted, as logging's last resort
+    does, so a replaced stderr (a test's capture) is never written to after it is closed."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+
 def setup(level: str = "INFO", fmt: str = "text", *, stream: TextIO | None = None) -> None:
     """Send every logger's records at `level` and above to `stream` (stderr) in `fmt`.
 
@@ -99,7 +111,7 @@ def setup(level: str = "INFO", fmt: str = "text", *, stream: TextIO | None = Non
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(old)
-    handler = _Handler(stream if stream is not None else sys.stderr)
+    handler = _Handler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)
     root.setLevel(level_name(level))

@@ -103,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
     from epcsched.state import SnapshotState
 
     snapshot = load_snapshot(args.snapshot, config)
+    if len(snapshot) == 0:
+        raise CommandError(
+            f"--snapshot: no Node in {', '.join(args.snapshot)} (give the cluster's nodes, "
+            "e.g. `kubectl get nodes,pods -A -o json`)"
+        )
     state = SnapshotState(snapshot, sources=list(args.snapshot))
     serve(config, state)
     return 0

@@ -31,6 +31,7 @@ from kubernetes_asyncio import client
 
 from epcsched.config import Config
 from epcsched.core.snapshot import ClusterSnapshot
+from epcsched.lookalike import describe, pod_lookalikes
 from epcsched.model import NodeInfo, PodInfo
 from epcsched.objects import Node, ObjectError, Pod, node_info, pod_info
 
@@ -427,6 +428,8 @@ class InformerState:
         self._tasks: list[asyncio.Task[None]] = []
         self.skipped: dict[str, str] = {}
         """Objects epcsched could not read (bad quantities), by kind/name, with the reason."""
+        self._names_checked: dict[str, None] = {}
+        """Pending pods (by uid) already checked for names that look like EPC, oldest first."""
         self.pod_listeners: list[Callable[[PodInfo], None]] = []
         """Called with each pod a watch event added or changed (after the snapshot has it):
         the autoscaler wakes on new unschedulable pods instead of waiting for its interval."""
@@ -455,7 +458,27 @@ class InformerState:
             self._skip(f"pod/{key}", str(exc))
             return None
         self.skipped.pop(f"pod/{key}", None)
+        if info.node_name is None:
+            self._check_names(pod, info)
         return info
+
+    def _check_names(self, pod: Pod, info: PodInfo) -> None:
+        """Warn once per pending pod that asks for a name that looks like EPC but is not."""
+        seen = info.uid or info.key
+        if seen in self._names_checked:
+            return
+        if len(self._names_checked) >= 10_000:  # pods come and go; forget the oldest half
+            for old in list(self._names_checked)[:5_000]:
+                del self._names_checked[old]
+        self._names_checked[seen] = None
+        for name, nearest in pod_lookalikes(pod, self.config.epc.resources):
+            log.warning(
+                "pod %s (uid %s) %s",
+                info.key,
+                info.uid,
+                describe(name, nearest),
+                extra={"pod": info.key, "uid": info.uid, "resource": name, "nearest": nearest},
+            )
 
     def _skip(self, what: str, why: str) -> None:
         if what not in self.skipped:

@@ -1,9 +1,12 @@
 """What a HorizontalPodAutoscaler does with the metrics this package serves: its replica rule.
 
 The metrics API only serves values; whether they make a Deployment grow is the HPA controller's
-arithmetic (kube-controller-manager, `pkg/controller/podautoscaler`). It lives here once, pure
-and exact (fractions, no floats), so that the demo can print the replica count an HPA derives
-from the values served, and the simulator scales its Deployments by the very same rule:
+arithmetic (kube-controller-manager, `pkg/controller/podautoscaler`). It lives here once, pure,
+so that the demo can print the replica count an HPA derives from the values served, and the
+simulator scales its Deployments by the very same rule. The arithmetic is the controller's own,
+step for step (an integer average, then a float64 ratio), because boundary cases fall by it: at
+880m against an 800m target the ratio 1.1 is, in float64, a hair more than 10 % away from 1 and
+the controller scales, while at 720m it is a hair less and the count stays.
 
 - `replicas_for_pods_metric`: a `type: Pods` metric with an `AverageValue` target, such as
   `sgx_epc_usage_ratio` at `averageValue: 800m`: the average of the pods' values over the target;
@@ -12,7 +15,7 @@ from the values served, and the simulator scales its Deployments by the very sam
 - both keep the replica count while the ratio is within `tolerance` (10 %) of 1, and otherwise
   ask for `ceil(ratio * pods measured)`. Pods still Pending are left out, and so are running pods
   without a sample; when that could change the answer they are filled back in the controller's
-  cautious way (on a scale-up as using nothing, a sampled-less pod on a scale-down as sitting at
+  cautious way (on a scale-up as using nothing, a pod without a sample on a scale-down as sitting at
   the target) and the count is kept if the direction would flip;
 - `Behavior.next_replicas`: the `behavior` applied to that raw count, with the defaults an HPA
   gets when it names none: a scale-down takes the highest recommendation of the last
@@ -25,7 +28,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 
 TOLERANCE = 0.1
 """kube-controller-manager's `--horizontal-pod-autoscaler-tolerance` default."""
@@ -40,29 +42,24 @@ class NoMetrics(ValueError):
 def _settle(
     current: int,
     measured: int,
-    ratio: Fraction,
-    refilled: tuple[Fraction, int] | None,
-    tolerance: Fraction,
+    ratio: float,
+    refilled: tuple[float, int] | None,
+    tolerance: float,
 ) -> int:
     """The rule once the ratio is known. `refilled` is the ratio and pod count with the pods
     left out filled back in, or None when none need to be."""
     if refilled is None:
-        if abs(1 - ratio) <= tolerance:
+        if abs(1.0 - ratio) <= tolerance:
             return current
         return math.ceil(ratio * measured)
     new_ratio, count = refilled
-    if abs(1 - new_ratio) <= tolerance or (ratio < 1 < new_ratio) or (new_ratio < 1 < ratio):
+    if abs(1.0 - new_ratio) <= tolerance or (ratio < 1 < new_ratio) or (new_ratio < 1 < ratio):
         return current
     desired = math.ceil(new_ratio * count)
     # Counting more pods must never turn a scale-up into a scale-down or the other way round.
     if (new_ratio < 1 and desired > current) or (new_ratio > 1 and desired < current):
         return current
     return desired
-
-
-def _tolerance(value: float) -> Fraction:
-    # Through repr: 0.1 means one tenth, not the binary float nearest to it.
-    return Fraction(repr(value))
 
 
 def replicas_for_pods_metric(
@@ -86,7 +83,8 @@ def replicas_for_pods_metric(
     if target <= 0:
         raise ValueError(f"target must be positive, got {target}")
     total = sum(values)
-    ratio = Fraction(total, target * len(values))
+    # The controller's GetMetricUsageRatio: a truncated integer average over a float target.
+    ratio = (total // len(values)) / target
     rebalance = unready > 0 and ratio > 1
     refilled = None
     if rebalance or missing:
@@ -94,8 +92,8 @@ def replicas_for_pods_metric(
         # sample counts as sitting exactly at the target.
         fill = missing * target if ratio < 1 else 0
         count = len(values) + missing + (unready if rebalance else 0)
-        refilled = (Fraction(total + fill, target * count), count)
-    return _settle(current, len(values), ratio, refilled, _tolerance(tolerance))
+        refilled = (((total + fill) // count) / target, count)
+    return _settle(current, len(values), ratio, refilled, tolerance)
 
 
 def replicas_for_utilization(
@@ -123,16 +121,16 @@ def replicas_for_utilization(
     used, requested = sum(usage), sum(requests)
     if requested <= 0:
         raise ValueError("the pods request none of the resource")
-    ratio = Fraction(used * 100 // requested, target_percent)
+    ratio = (used * 100 // requested) / target_percent
     rebalance = bool(unready_requests) and ratio > 1
     refilled = None
     if rebalance or missing_requests:
         fill = sum(missing_requests) if ratio < 1 else 0
         extra = sum(missing_requests) + (sum(unready_requests) if rebalance else 0)
         count = len(usage) + len(missing_requests) + (len(unready_requests) if rebalance else 0)
-        new_ratio = Fraction((used + fill) * 100 // (requested + extra), target_percent)
+        new_ratio = ((used + fill) * 100 // (requested + extra)) / target_percent
         refilled = (new_ratio, count)
-    return _settle(current, len(usage), ratio, refilled, _tolerance(tolerance))
+    return _settle(current, len(usage), ratio, refilled, tolerance)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,12 @@ def register(subparsers: Any) -> None:
         "--out", type=Path, default=None, help="output directory (default: results/ beside it)"
     )
     parser.add_argument(
-        "--policies", default=None, help=f"comma-separated subset of {', '.join(POLICIES)}"
+        "--policies",
+        default=None,
+        help=(
+            f"comma-separated subset of {', '.join(POLICIES)} (for a deployment workload: "
+            "of its scalers' names)"
+        ),
     )
     parser.add_argument(
         "--workers", type=int, default=1, help="local processes for the runs (default 1)"
@@ -54,10 +59,19 @@ def register(subparsers: Any) -> None:
 
 def _policies(scenario: Scenario, text: str | None) -> tuple[str, ...]:
     if text is None:
-        return scenario.policies
+        return scenario.runs
     names = tuple(p.strip() for p in text.split(",") if p.strip())
     if not names:
         raise CommandError("--policies: give at least one policy")
+    if scenario.deployment is not None:
+        # A deployment scenario's runs are its scalers, under its one placement policy.
+        for name in names:
+            if name not in scenario.runs:
+                raise CommandError(
+                    f"--policies: {scenario.source} has no scaler {name!r} "
+                    f"(its scalers: {', '.join(scenario.runs)})"
+                )
+        return names
     for name in names:
         if name not in POLICIES:
             raise CommandError(
@@ -131,9 +145,18 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--dask: {exc}") from None
     bound = outcome.bound
     print(outcome.table)
-    print(
-        f"lower bound if no pod waited: {bound.peak_nodes} nodes at peak ({bound.method}), "
-        f"{bound.node_hours:.2f} node-hours"
-    )
+    if scenario.deployment is not None:
+        from epcsched.simulation.report import paging_free
+
+        floor = paging_free(scenario, scenario.deployment)
+        print(
+            f"paging-free minimum: {floor.peak_replicas} replicas on {floor.peak_nodes} nodes "
+            f"at peak, {floor.node_hours:.2f} node-hours"
+        )
+    else:
+        print(
+            f"lower bound if no pod waited: {bound.peak_nodes} nodes at peak ({bound.method}), "
+            f"{bound.node_hours:.2f} node-hours"
+        )
     print(f"wrote {', '.join(str(p) for p in outcome.written)}")
     return 0

@@ -37,23 +37,46 @@ SCALER_METRICS = (USAGE_RATIO, CPU)
 
 @dataclass(frozen=True, slots=True)
 class LoadCurve:
-    """A piecewise-linear function of time: `points` (time s, value), constant outside them."""
+    """A piecewise-linear function of time: `points` (time s, value), constant outside them.
+
+    Two points at the same time make a step; at that time the curve already has the later value.
+    """
 
     points: tuple[tuple[float, float], ...]
 
-    def at(self, t: float) -> float:
+    def _segments(self) -> list[tuple[float, float, float, float]]:
+        """(t0, v0, t1, v1) for every stretch of positive length, unbounded ones included."""
         pts = self.points
-        if t <= pts[0][0]:
-            return pts[0][1]
-        for (t0, v0), (t1, v1) in itertools.pairwise(pts):
-            if t <= t1:
-                return v0 if t1 == t0 else v0 + (v1 - v0) * (t - t0) / (t1 - t0)
-        return pts[-1][1]
+        inner = [(t0, v0, t1, v1) for (t0, v0), (t1, v1) in itertools.pairwise(pts) if t1 > t0]
+        first, last = pts[0], pts[-1]
+        return [
+            (-math.inf, first[1], first[0], first[1]),
+            *inner,
+            (last[0], last[1], math.inf, last[1]),
+        ]
+
+    @staticmethod
+    def _within(segment: tuple[float, float, float, float], t: float) -> float:
+        t0, v0, t1, v1 = segment
+        if math.isinf(t0) or math.isinf(t1):
+            return v0
+        return v0 + (v1 - v0) * (t - t0) / (t1 - t0)
+
+    def at(self, t: float) -> float:
+        for segment in self._segments():
+            if segment[0] <= t < segment[2]:
+                return self._within(segment, t)
+        return self.points[-1][1]
 
     def _pieces(self, start: float, end: float) -> list[tuple[float, float, float, float]]:
-        """(t0, v0, t1, v1) linear pieces that cover [start, end]."""
-        cuts = [start] + [t for t, _ in self.points if start < t < end] + [end]
-        return [(a, self.at(a), b, self.at(b)) for a, b in itertools.pairwise(cuts)]
+        """(t0, v0, t1, v1) linear pieces that cover [start, end], with each piece's own values
+        at its ends (a step's two sides belong to different pieces)."""
+        pieces = []
+        for segment in self._segments():
+            a, b = max(start, segment[0]), min(end, segment[2])
+            if b > a:
+                pieces.append((a, self._within(segment, a), b, self._within(segment, b)))
+        return pieces
 
     def seconds_above(self, start: float, end: float, threshold: float) -> float:
         """How long within [start, end] the curve is strictly above `threshold`."""
@@ -67,8 +90,11 @@ class LoadCurve:
         return total
 
     def peak(self, start: float, end: float) -> float:
-        """The largest value within [start, end] (at an end or a point between)."""
-        return max([self.at(start), self.at(end)] + [v for t, v in self.points if start < t < end])
+        """The largest value within [start, end] (reached at the end of some piece)."""
+        pieces = self._pieces(start, end)
+        if not pieces:
+            return self.at(start)
+        return max(max(v0, v1) for _, v0, _, v1 in pieces)
 
     def integral_of_steps(self, start: float, end: float, step: float) -> float:
         """The integral over [start, end] of `max(1, ceil(curve / step))`, exactly."""

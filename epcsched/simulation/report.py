@@ -2,11 +2,15 @@
 
 `results.json` has exactly the keys the simulation issue fixes, for the scenario's base seed.
 Sweep points (other seeds, pool sizes) go to `sweep.json` and a second table in `summary.md`.
+A Deployment scenario reports per scaler what scaling is about instead (`DEPLOYMENT_KEYS`:
+replicas, enclave-seconds over the EPC limit, node-hours), against the paging-free minimum, and
+adds `replicas.png`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +20,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from epcsched.simulation.bound import LowerBound
+from epcsched.simulation.deployment import (
+    FIXED,
+    DeploymentSpec,
+    PagingFree,
+    paging_free_minimum,
+    replicas_per_node,
+)
 from epcsched.simulation.engine import RunResult
 from epcsched.simulation.scenario import EPCSCHED_POLICIES, Scenario
 
@@ -34,12 +45,54 @@ METRIC_KEYS = (
     "meanEpcUtilization",
 )
 PLOTS = ("nodes.png", "pending.png", "waits.png")
+#: The per-scaler keys of a Deployment scenario's results.json, in order.
+DEPLOYMENT_KEYS = (
+    "peakReplicas",
+    "meanReplicas",
+    "replicaPodsCreated",
+    "enclaveSecondsOverLimit",
+    "overLimitShare",
+    "peakUsageRatio",
+    "secondsNoReplicaRunning",
+    "nodeHours",
+    "cost",
+    "peakNodes",
+    "podsWaited",
+    "waitP95S",
+    "waitMaxS",
+    "evictions",
+)
+
+
+def paging_free(scenario: Scenario, spec: DeploymentSpec) -> PagingFree:
+    """The scenario's paging-free minimum, in nodes of the pool that holds the most replicas."""
+    pools = []
+    for pool in scenario.pools:
+        allocatable = pool.template.epc_allocatable.get(scenario.epc_resource, 0)
+        headroom = scenario.headroom.of(allocatable)
+        per_node = replicas_per_node(spec, pool.template, scenario.epc_resource, headroom)
+        pools.append((pool.settings.name, per_node))
+    return paging_free_minimum(spec, scenario.horizon, pools)
 
 
 def results_json(
     scenario: Scenario, results: Sequence[RunResult], bound: LowerBound
 ) -> dict[str, object]:
-    """The base runs as results.json: `{scenario, seed, policies, lowerBound}`."""
+    """The base runs as results.json: `{scenario, seed, policies, lowerBound}`; for a Deployment
+    `{scenario, deployment, policy, runs, pagingFreeMinimum}`."""
+    spec = scenario.deployment
+    if spec is not None:
+        return {
+            "scenario": scenario.name,
+            "deployment": spec.name,
+            "policy": scenario.policies[0],
+            "runs": {
+                r.policy: {key: r.metrics[key] for key in DEPLOYMENT_KEYS}
+                for r in results
+                if r.variant == "base"
+            },
+            "pagingFreeMinimum": paging_free(scenario, spec).to_json(),
+        }
     return {
         "scenario": scenario.name,
         "seed": scenario.seed,
@@ -78,9 +131,90 @@ def _bound_note(r: RunResult, bound: LowerBound) -> str:
     return "holds" if peak >= bound.peak_nodes and hours_ok else "VIOLATED"
 
 
+def _scaler_text(spec: DeploymentSpec, name: str) -> str:
+    scaler = spec.scaler(name)
+    if scaler.metric == FIXED:
+        return f"{scaler.replicas} replicas"
+    b = scaler.behavior
+    target = (
+        f"averageUtilization {scaler.target}%"
+        if scaler.metric == "cpu"
+        else f"averageValue {scaler.target}m"
+    )
+    return (
+        f"HPA on {scaler.metric}, {target}, {b.min_replicas}..{b.max_replicas} replicas, "
+        f"scale-down window {b.scale_down_window:g} s"
+    )
+
+
+def deployment_markdown(
+    scenario: Scenario,
+    spec: DeploymentSpec,
+    results: Sequence[RunResult],
+    plots: Sequence[str],
+) -> str:
+    """summary.md of a Deployment scenario: one row per scaler."""
+    floor = paging_free(scenario, spec)
+    mib = 2**20
+    lines = [f"# Simulation: {scenario.name}", ""]
+    if scenario.description:
+        lines += [scenario.description.strip(), ""]
+    pools = ", ".join(
+        f"{p.settings.name} ({p.sku or 'template'}, {p.initial_size} at start, "
+        f"{p.settings.min_size}..{p.settings.max_size})"
+        for p in scenario.pools
+    )
+    lines += [
+        f"Deployment `{spec.name}`: EPC limit {spec.epc_limit // mib} MiB per replica, "
+        f"{spec.epc_base // mib} MiB held idle, CPU request {spec.cpu_request}m "
+        f"(use {spec.cpu_base}m + {spec.cpu_per_gib:g}m per GiB of load held); load peaks at "
+        f"{spec.load.peak(0.0, scenario.horizon) / mib:,.0f} MiB. Placement `"
+        f"{scenario.policies[0]}`, pools: {pools}; node autoscaling "
+        f"{'on' if scenario.autoscaler else 'off'}; horizon {scenario.horizon / 3600:g} h.",
+        "",
+        f"Paging-free minimum: **{floor.peak_replicas}** replicas at the peak on "
+        f"**{floor.peak_nodes}** nodes, **{floor.node_hours:,.2f}** node-hours "
+        f"({floor.per_node} replicas per `{floor.pool}` node, every replica at its limit, nodes "
+        "exactly as many as needed at every moment, no provisioning delay).",
+        "",
+        "| run | scaler | peak replicas | mean replicas | enclave-s over limit | share over "
+        "limit | peak use / limit | node-hours | cost | peak nodes | replicas waited | "
+        "wait max s | evictions |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if r.variant != "base":
+            continue
+        m = r.metrics
+        lines.append(
+            f"| {r.policy} | {_scaler_text(spec, r.policy)} | {m['peakReplicas']} | "
+            f"{_fmt(m['meanReplicas'])} | {_fmt(m['enclaveSecondsOverLimit'])} | "
+            f"{m['overLimitShare']:.1%} | {m['peakUsageRatio']:.2f} | {_fmt(m['nodeHours'])} | "
+            f"{_fmt(m['cost'])} | {m['peakNodes']} | {m['podsWaited']} | "
+            f"{_fmt(m['waitMaxS'])} | {m['evictions']} |"
+        )
+    lines += [
+        "",
+        "Each running replica holds its idle EPC plus an even share of the load; the time it "
+        "spends above its EPC limit is time its enclave pages (summed over replicas: "
+        "enclave-seconds). Share over limit is that over all running replica-seconds. HPAs "
+        "sync every "
+        f"{spec.sync_period:g} s with tolerance {spec.tolerance:g}, reading "
+        "`sgx_epc_usage_ratio` as the metrics API serves it, or CPU utilization, which follows "
+        "the load in its own proportion and does not see EPC. Nodes are counted from the "
+        "moment they are asked for; evictions are replicas moved by node scale-down.",
+    ]
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{Path(p).stem}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
 def summary_markdown(
     scenario: Scenario, results: Sequence[RunResult], bound: LowerBound, plots: Sequence[str]
 ) -> str:
+    if scenario.deployment is not None:
+        return deployment_markdown(scenario, scenario.deployment, results, plots)
     base = [r for r in results if r.variant == "base"]
     lines = [f"# Simulation: {scenario.name}", ""]
     if scenario.description:
@@ -157,8 +291,30 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
+def deployment_table(results: Sequence[RunResult]) -> str:
+    """A plain-text table of a Deployment scenario's runs, for terminals."""
+    header = (
+        f"{'run':<14}{'peak repl':>10}{'mean repl':>10}{'enclave-s over':>16}{'share':>8}"
+        f"{'peak use':>10}{'node-h':>9}{'cost':>8}{'peak nodes':>12}"
+    )
+    rows = [header, "-" * len(header)]
+    for r in results:
+        if r.variant != "base":
+            continue
+        m = r.metrics
+        rows.append(
+            f"{r.policy:<14}{m['peakReplicas']:>10}{m['meanReplicas']:>10.2f}"
+            f"{m['enclaveSecondsOverLimit']:>16,.0f}{m['overLimitShare']:>8.1%}"
+            f"{m['peakUsageRatio']:>10.2f}{m['nodeHours']:>9.2f}{m['cost']:>8.2f}"
+            f"{m['peakNodes']:>12}"
+        )
+    return "\n".join(rows)
+
+
 def comparison_table(results: Sequence[RunResult], bound: LowerBound) -> str:
     """A plain-text table of the base runs, for terminals."""
+    if results and "peakReplicas" in results[0].metrics:
+        return deployment_table(results)
     header = (
         f"{'policy':<20}{'peak':>6}{'bound':>7}{'node-h':>9}{'cost':>9}{'done':>7}"
         f"{'never':>7}{'p95 wait s':>12}{'overcommit pod-s':>18}{'EPC util':>10}"
@@ -188,11 +344,43 @@ def _style(policy: str) -> str:
     return "-" if policy in EPCSCHED_POLICIES else "--"
 
 
+def _replicas_plot(
+    out: Path, scenario: Scenario, spec: DeploymentSpec, results: Sequence[RunResult]
+) -> str:
+    """Replicas over time per run, with the fewest that keep every enclave within its limit."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in results:
+        if r.variant == "base":
+            hours = [t / 3600 for t in r.times]
+            ax.step(hours, r.replicas, where="post", label=r.policy)
+    steps = 400
+    times = [scenario.horizon * i / steps for i in range(steps + 1)]
+    needed = [max(1, math.ceil(spec.load.at(t) / spec.headroom)) for t in times]
+    ax.plot(
+        [t / 3600 for t in times],
+        needed,
+        color="black",
+        linewidth=0.8,
+        linestyle=":",
+        label="fewest that never page",
+    )
+    ax.set_xlabel("simulated time (h)")
+    ax.set_ylabel("replicas")
+    ax.set_title(f"{scenario.name}: replicas of {spec.name} over time")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out / "replicas.png", dpi=100)
+    plt.close(fig)
+    return "replicas.png"
+
+
 def write_plots(
     out: Path, scenario: Scenario, results: Sequence[RunResult], bound: LowerBound
 ) -> list[str]:
     base = [r for r in results if r.variant == "base"]
     written = []
+    if scenario.deployment is not None:
+        written.append(_replicas_plot(out, scenario, scenario.deployment, results))
     for name, field, ylabel in (
         ("nodes.png", "nodes", "nodes (Ready and booting)"),
         ("pending.png", "pending", "pending pods"),
@@ -202,7 +390,7 @@ def write_plots(
             values = r.nodes if field == "nodes" else r.pending
             hours = [t / 3600 for t in r.times]
             ax.step(hours, values, where="post", linestyle=_style(r.policy), label=r.policy)
-        if field == "nodes":
+        if field == "nodes" and scenario.deployment is None:
             ax.axhline(
                 bound.peak_nodes,
                 color="black",

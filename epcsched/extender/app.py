@@ -108,14 +108,54 @@ def _error_text(body: object) -> str:
     return ""
 
 
+class SyncGate:
+    """Whether the cluster state has synced, checked until it has (it then stays synced).
+
+    Before the informers' first lists are in, the cache is empty or partial: a filter would
+    fail every node, which marks the pod unschedulable and can start preemption. An `Error`
+    reply instead makes kube-scheduler retry the pod later.
+    """
+
+    def __init__(self, state: ClusterState) -> None:
+        self._state = state
+        self.open = False
+        self._refused = 0
+
+    def check(self) -> bool:
+        if not self.open and self._state.ready():
+            self.open = True
+            if self._refused:
+                log.info(
+                    "cluster state synced: answering extender calls (%d refused before)",
+                    self._refused,
+                )
+        return self.open
+
+    def refuse(self) -> bytes:
+        if not self._refused:
+            log.warning("cluster state not synced yet: answering extender calls with Error")
+        self._refused += 1
+        return error_reply(
+            "epcsched has not synced its cluster state yet (first list of nodes and pods in "
+            "progress); retry shortly"
+        )
+
+
+GATE = web.AppKey("gate", SyncGate)
+
+
 def _extender_verb(
     answer: Callable[[ExtenderService, bytes], bytes],
     *,
     decided: Callable[[bytes, bytes], None] | None = None,
 ) -> Handler:
-    """A verb answered by `answer`; `decided(body, reply)` sees each well-formed exchange."""
+    """A verb answered by `answer` once the state has synced (`Error` before); `decided(body,
+    reply)` sees each well-formed exchange."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        gate = request.app[GATE]
+        if not gate.open and not gate.check():
+            return web.Response(body=gate.refuse(), content_type=_JSON)
         body = await request.read()
         try:
             reply = answer(request.app[SERVICE], body)
@@ -187,6 +227,7 @@ def create_app(
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[CONFIG] = config
     app[STATE] = state
+    app[GATE] = SyncGate(state)
     app[SERVICE] = ExtenderService(
         lambda: state.snapshot,
         strategy=settings.strategy,

@@ -3,8 +3,10 @@
 First the extender serves the example snapshot on a loopback port and answers the filter and
 prioritize bodies kube-scheduler would send for the bundled enclave pod; then the same extender
 follows a (fake, in-process) API server as enclave pods come and go; then the tiny simulation
-scenario compares every placement policy, with plots written under `out/demo/`; last, the
-autoscaler grows a simulated SGX pool for enclave pods that do not fit and shrinks it back.
+scenario compares every placement policy, with plots written under `out/demo/`; then the
+autoscaler grows a simulated SGX pool for enclave pods that do not fit and shrinks it back; last,
+the metrics API serves the example enclaves' `sgx_epc_usage_ratio` as an HPA reads it, and the
+HPA's replica rule turns it into a replica count.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ async def extender_decision(out: Any = sys.stdout) -> None:
 async def run_all(out_dir: Path) -> None:
     from epcsched.autoscaler.demo import autoscaler_demo
     from epcsched.kube.demo import cluster_demo
+    from epcsched.metricsapi.demo import hpa_demo
     from epcsched.simulation.demo import run_demo
 
     await extender_decision()
@@ -83,6 +86,7 @@ async def run_all(out_dir: Path) -> None:
     # Simulation is CPU-bound and synchronous; it runs off the loop like any blocking work.
     await asyncio.to_thread(run_demo, out_dir)
     await autoscaler_demo()
+    await hpa_demo()
 
 
 def main() -> int:

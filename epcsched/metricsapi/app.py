@@ -1,5 +1,5 @@
-"""The metrics API's aiohttp application: one factory from settings, index, Prometheus source
-and reviewer.
+"""The metrics API's aiohttp application: one factory from settings, index, measurement source
+(Prometheus, or memory for the demo) and reviewer.
 
 Every request under `/apis` is authenticated (front-proxy certificate and headers, or a bearer
 token), authorised (SubjectAccessReview) and only then routed, as kube-apiserver orders it, so
@@ -39,6 +39,7 @@ from epcsched.metricsapi.auth import (
 from epcsched.metricsapi.index import ClusterIndex
 from epcsched.metricsapi.prometheus import PrometheusSource, Query, SourceError
 from epcsched.metricsapi.selectors import EVERYTHING, SelectorError, parse_selector
+from epcsched.metricsapi.source import MetricsSource
 from epcsched.metricsapi.tls import ServingTls
 from epcsched.metricsapi.values import (
     EXTERNAL_METRICS,
@@ -73,7 +74,7 @@ class FrontDoor:
 
 SETTINGS = web.AppKey("settings", MetricsApiSettings)
 INDEX = web.AppKey("index", ClusterIndex)
-SOURCE = web.AppKey("source", PrometheusSource)
+SOURCE: web.AppKey[MetricsSource] = web.AppKey("source")
 REVIEWER = web.AppKey("reviewer", Reviewer)
 DOOR = web.AppKey("door", FrontDoor)
 POOLS = web.AppKey("pools", tuple[PoolEntry, ...])
@@ -348,7 +349,7 @@ async def _front_proxy_loop(app: web.Application) -> None:
 def create_app(
     config: Config,
     index: ClusterIndex,
-    source: PrometheusSource,
+    source: MetricsSource,
     reviewer: Reviewer,
     *,
     tls: ServingTls | None = None,

@@ -639,7 +639,7 @@ def test_drains_leave_what_may_not_move() -> None:
     snap, pools = _idle_nodes(bound("web", "n1", 1))
     result = decide(snap, pools, **later)
     assert result.scale_downs == (
-        ScaleDown("dcsv3", "n1", "utilization 0.06 below 0.5 for 600s; its pods fit elsewhere"),
+        ScaleDown("dcsv3", "n1", "utilization 0.06 below 0.5 for 600s; its 1 pod(s) fit elsewhere"),
     )
     assert [(p.pod, p.node, p.moved_from) for p in result.placements] == [
         ("default/web", "n2", "n1")

@@ -672,7 +672,12 @@ def _scale_down(
                 pool.name,
                 node,
                 f"utilization {use:.2f} below {policy.scale_down_utilization} "
-                f"for {policy.scale_down_unneeded_time:.0f}s; its pods fit elsewhere",
+                f"for {policy.scale_down_unneeded_time:.0f}s; "
+                + (
+                    f"its {len(drained.moved)} pod(s) fit elsewhere"
+                    if drained.moved
+                    else "no pod to move"
+                ),
             )
         )
     return downs, unneeded, moves

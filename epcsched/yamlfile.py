@@ -29,6 +29,11 @@ def load_documents(path: str | Path) -> list[Any]:
         raw = file.read_bytes()
     except OSError as exc:
         raise FileFormatError(f"{file}: cannot read: {exc.strerror}") from None
+    return parse_documents(raw, file)
+
+
+def parse_documents(raw: bytes, file: str | Path) -> list[Any]:
+    """`load_documents` of bytes read elsewhere (standard input); `file` names them in errors."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -71,7 +71,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     server = FakeApiServer()
-    server.store.load_many([node("n1", "94Mi", labels={"agentpool": "dcsv3"})])
+    server.store.load_many([node("n1", "94Mi", labels={"agentpool": "dcsv3"}), pod("p", "64Mi")])
     asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
     kubeconfig = server.write_kubeconfig(tmp / "kubeconfig")
     try:
@@ -103,6 +103,7 @@ BASE: dict[str, list[str]] = {
     "autoscaler": ["--config", "{scaler}", "--snapshot", "{snap}", "--once", "--dry-run"],
     "autoscaler-live": ["--config", "{scaler}", "--kubeconfig", "{kubeconfig}", "--port", "0"],
     "explain": ["{pod}", "--snapshot", "{snap}"],
+    "explain-live": ["default/p", "--kubeconfig", "{kubeconfig}"],
     "exporter": ["--sysfs-root", "{sysfs}", "--node-name", "n1", "--port", "0"],
     "metrics-api": [
         "--kubeconfig",
@@ -137,6 +138,11 @@ CASES: list[tuple[str, str, list[str], str] | ParameterSet] = [
     ("extender", "--log-level", ["--log-level", "LOUD"], "--log-level"),
     ("extender", "--log-format", ["--log-format", "xml"], "--log-format"),
     ("extender-live", "--port", ["--port", "-1"], "--port"),
+    ("extender-live", "--context", ["--context", "nowhere"], "--kubeconfig"),
+    ("extender-live", "--kube-api-qps", ["--kube-api-qps", "0"], "--kube-api-qps"),
+    ("extender-live", "--kube-api-qps", ["--kube-api-qps", "fast"], "--kube-api-qps"),
+    ("extender-live", "--kube-api-burst", ["--kube-api-burst", "0"], "--kube-api-burst"),
+    ("extender-live", "--kube-api-burst", ["--kube-api-burst", "1.5"], "--kube-api-burst"),
     # autoscaler
     ("autoscaler", "--config", ["--config", "{missing}"], "missing.yaml"),
     ("autoscaler", "--config", ["--config", "{bad_yaml}"], "bad.yaml"),
@@ -164,9 +170,16 @@ CASES: list[tuple[str, str, list[str], str] | ParameterSet] = [
     ("autoscaler", "--log-level", ["--log-level", "LOUD"], "--log-level"),
     ("autoscaler", "--log-format", ["--log-format", "xml"], "--log-format"),
     # explain
-    ("explain", "POD_FILE", ["{missing}"], "missing.yaml"),
-    ("explain", "POD_FILE", ["{snap}"], "cluster.json"),
+    ("explain", "POD", ["{missing}"], "missing.yaml"),
+    ("explain", "POD", ["{snap}"], "cluster.json"),
+    ("explain-live", "POD", ["default/nobody"], "default/nobody"),
+    ("explain-live", "POD", ["a/b/c"], "NAMESPACE/NAME"),
     ("explain", "--snapshot", ["--snapshot", "{missing}"], "missing.yaml"),
+    ("explain", "--kubeconfig", ["--kubeconfig", "{kubeconfig}"], "give one source"),
+    ("explain-live", "--kubeconfig", ["--kubeconfig", "{missing}"], "--kubeconfig"),
+    ("explain-live", "--context", ["--context", "nowhere"], "--kubeconfig"),
+    ("explain-live", "--kube-api-qps", ["--kube-api-qps", "-1"], "--kube-api-qps"),
+    ("explain-live", "--kube-api-burst", ["--kube-api-burst", "none"], "--kube-api-burst"),
     ("explain", "--config", ["--config", "{bad_yaml}"], "bad.yaml"),
     ("explain", "--strategy", ["--strategy", "fastest"], "--strategy"),
     ("explain", "--log-level", ["--log-level", "LOUD"], "--log-level"),

@@ -26,6 +26,7 @@ from kubernetes_asyncio import client
 from epcsched.core.fit import PodRequest, fit_masks, reasons
 from epcsched.extender.app import add_verb
 from epcsched.extender.wire import BadRequest, BindArgs, decode_bind, error_reply
+from epcsched.kube.client import api_client
 from epcsched.model import PodInfo
 from epcsched.objects import ObjectError, Pod, pod_info
 from epcsched.state import ClusterState
@@ -77,7 +78,7 @@ class Binder:
 
     async def start(self) -> None:
         if self._api is None:
-            self._api = client.ApiClient(self.configuration)
+            self._api = api_client(self.configuration)
             self._sweeper = asyncio.create_task(self._sweep(), name="bind-reservation-sweeper")
 
     async def stop(self) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from epcsched import logs
 from epcsched.cli import CommandError
 from epcsched.config import STRATEGIES, Config, load_config
+from epcsched.kube.client import add_api_arguments
 
 log = logging.getLogger("epcsched.extender")
 
@@ -41,6 +42,7 @@ def register(sub: Any) -> None:
         default=None,
         help="serve /bind with EPC reservations (extender.bind; needs --kubeconfig or a pod)",
     )
+    add_api_arguments(parser)
     parser.add_argument("--config", metavar="FILE", help="epcsched YAML configuration")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8888)")
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if args.snapshot and args.kubeconfig:
         raise CommandError("--snapshot and --kubeconfig: give one source of cluster state")
     if not args.snapshot and (args.kubeconfig or in_cluster()):
-        state, binder = cluster_state(config, args.kubeconfig)
+        state, binder = cluster_state(config, args)
         serve(config, state, binder=binder)
         return 0
     if not args.snapshot:
@@ -113,14 +115,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cluster_state(config: Config, kubeconfig: str | None) -> tuple[Any, Any]:
+def cluster_state(config: Config, args: argparse.Namespace) -> tuple[Any, Any]:
     """Informer-fed state (and the binder, when `extender.bind` is on) for an API server."""
     from epcsched.extender.bind import Binder
-    from epcsched.kube.client import KubeConfigError, load_configuration
+    from epcsched.kube.client import KubeConfigError, load_from_args
     from epcsched.kube.informer import InformerState
 
     try:
-        configuration = asyncio.run(load_configuration(kubeconfig))
+        configuration = asyncio.run(load_from_args(args))
     except KubeConfigError as exc:
         raise CommandError(f"--kubeconfig: {exc}") from None
     state = InformerState(configuration, config)

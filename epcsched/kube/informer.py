@@ -31,6 +31,7 @@ from kubernetes_asyncio import client
 
 from epcsched.config import Config
 from epcsched.core.snapshot import ClusterSnapshot
+from epcsched.kube.client import api_client
 from epcsched.lookalike import describe, pod_lookalikes
 from epcsched.model import NodeInfo, PodInfo
 from epcsched.objects import Node, ObjectError, Pod, node_info, pod_info
@@ -508,7 +509,7 @@ class InformerState:
     async def start(self) -> None:
         if self._tasks:
             return
-        self.api = client.ApiClient(self.configuration)
+        self.api = api_client(self.configuration)
         core = client.CoreV1Api(self.api)
         self.nodes = Reflector(
             "nodes", core.list_node, NodeList, _NodeSink(self), self.settings, self._rng

@@ -185,14 +185,18 @@ class PrometheusSettings:
     """requests, usage or max; default max when url is set, requests otherwise."""
     node_label: str = "node"
     """Label that names the node in query results."""
-    capacity_query: str = "sum by (node) (epcsched_node_epc_capacity_bytes)"
-    """PromQL for EPC capacity in bytes per node (series of one node are summed)."""
+    capacity_query: str = "sum by (node) (last_over_time(epcsched_node_epc_capacity_bytes[5m]))"
+    """PromQL for EPC capacity in bytes per node (series of one node are summed). Values are
+    looked back over a window so that one missed scrape (Prometheus marks the series stale at
+    once) does not hide a node; staleAfter then decides by the newest sample's age."""
     used_query: str = (
-        "sum by (node) (epcsched_node_epc_capacity_bytes - epcsched_node_epc_free_bytes)"
+        "sum by (node) (last_over_time(epcsched_node_epc_capacity_bytes[5m])"
+        " - last_over_time(epcsched_node_epc_free_bytes[5m]))"
     )
     """PromQL for EPC in use in bytes per node (series of one node are summed)."""
-    paging_query: str = "sum by (node) (rate(epcsched_node_epc_evicted_pages_total[2m]))"
-    """PromQL for EPC pages evicted per second per node."""
+    paging_query: str = "sum by (node) (irate(epcsched_node_epc_evicted_pages_total[5m]))"
+    """PromQL for EPC pages evicted per second per node: the rate between each node's last two
+    samples, so paging is seen one scrape after it starts and gone one scrape after it stops."""
     freshness_query: str = "max by (node) (timestamp(epcsched_node_epc_capacity_bytes))"
     """PromQL for the time (Unix seconds) of each node's newest sample; a node whose newest
     sample is older than staleAfter is left to requests. Empty skips the per-node check."""

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import requests
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
@@ -77,6 +78,8 @@ class Telemetry:
         self._last_success: float | None = None
         self._readings = Readings()
         self._pressured: set[str] = set()
+        self._seen: dict[str, float] = {}
+        """Each node's newest sample time as of the last poll (see `evaluate`)."""
 
         self._stale_gauge = Gauge(
             "epcsched_telemetry_stale",
@@ -138,17 +141,18 @@ class Telemetry:
         """Query Prometheus once and apply the result (or the fallback) to the snapshot."""
         now = self._clock()
         try:
-            readings = await asyncio.to_thread(self._read, now)
+            readings = await asyncio.to_thread(self._read, now, dict(self._seen))
         except TelemetryError as exc:
             self._degrade(str(exc), outcome="error")
             return
+        self._seen = readings.newest
         if readings.problem is not None:
             self._readings = readings
             self._degrade(readings.problem, outcome="stale")
             return
         self._apply(readings, now)
 
-    def _read(self, now: float) -> Readings:
+    def _read(self, now: float, seen: dict[str, float]) -> Readings:
         """Query and evaluate in the worker thread: only applying is left for the event loop."""
         return evaluate(
             self._query_all(now),
@@ -156,6 +160,7 @@ class Telemetry:
             now=now,
             stale_after=self.settings.stale_after,
             pressure=self.pressure,
+            seen=seen,
         )
 
     def _query_all(self, now: float) -> QueryResults:
@@ -257,11 +262,20 @@ class Telemetry:
             "lastSuccessAgeSeconds": age,
             "error": self._error,
         }
+        stale = self._readings.stale_nodes
         if not self._stale:
             body["nodes"] = self._readings.fresh_nodes
             body["pressureNodes"] = len(self._readings.pressure)
-        if self._readings.stale_nodes:
-            body["staleNodes"] = _some(self._readings.stale_nodes)
+            # EPC nodes Prometheus has no reading for at all (no exporter there, or its series
+            # gone for longer than the queries look back) are left to requests too.
+            known = self._readings.fresh | set(stale)
+            stale = tuple(
+                sorted(
+                    {*stale, *(n for n in _epc_nodes(self._snapshot_provider()) if n not in known)}
+                )
+            )
+        if stale:
+            body["staleNodes"] = _some(stale)
         return body
 
 
@@ -274,6 +288,15 @@ def _api_error(exc: PrometheusApiClientException) -> str:
             if isinstance(body, dict) and isinstance(body.get("error"), str):
                 return f"HTTP {found[1]}: {body['error']}"
     return str(exc)[:300]
+
+
+def _epc_nodes(snapshot: ClusterSnapshot) -> list[str]:
+    """Nodes that advertise any EPC resource."""
+    names = snapshot.slot_names
+    has = np.zeros(len(names), dtype=np.bool_)
+    for column in snapshot.epc.values():
+        has |= column.has[: len(names)]
+    return [name for i in np.flatnonzero(has).tolist() if (name := names[i]) is not None]
 
 
 def _some(names: tuple[str, ...], limit: int = 10) -> Mapping[str, Any]:

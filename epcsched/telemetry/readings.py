@@ -39,6 +39,11 @@ class Readings:
     """Nodes under EPC pressure, with the reason, for nodes with fresh data."""
     fresh_nodes: int = 0
     """Nodes whose newest sample is within staleAfter."""
+    fresh: frozenset[str] = frozenset()
+    """Their names."""
+    newest: dict[str, float] = field(default_factory=dict)
+    """Each node's newest sample time known after this poll (the freshness query's, or an
+    earlier poll's where a missed scrape hid it), for the next poll to remember."""
     stale_nodes: tuple[str, ...] = ()
     """Nodes whose newest sample is older than staleAfter, left to requests."""
     problem: str | None = None
@@ -101,15 +106,26 @@ def evaluate(
     now: float,
     stale_after: float,
     pressure: PressureSettings,
+    seen: Mapping[str, float] | None = None,
 ) -> Readings:
-    """Usage and pressure per node from one poll's results, as seen at time `now`."""
+    """Usage and pressure per node from one poll's results, as seen at time `now`.
+
+    `seen` holds each node's newest sample time from earlier polls: when a scrape fails,
+    Prometheus marks the node's series stale at once and an instant query of their timestamps
+    returns nothing, while the values (looked back over a window) still do. The node's reading
+    then holds until its last sample is older than `stale_after`, instead of blinking out.
+    """
     used = by_node(results.used, label, sum)
     capacity = by_node(results.capacity or [], label, sum)
     paging = by_node(results.paging or [], label, sum)
     nodes = set(used) | set(capacity) | set(paging)
     stale: list[str] = []
+    newest: dict[str, float] = {}
     if results.freshness is not None:
         newest = by_node(results.freshness, label, max)
+        for node, when in (seen or {}).items():
+            if node in nodes and when > newest.get(node, -math.inf):
+                newest[node] = when
         nodes |= set(newest)
         stale = sorted(n for n in nodes if now - newest.get(n, -math.inf) > stale_after)
         if not nodes:
@@ -123,6 +139,7 @@ def evaluate(
             age = now - max(newest.values())
             return Readings(
                 stale_nodes=tuple(stale),
+                newest=newest,
                 problem=f"newest EPC sample is {age:.0f}s old, older than staleAfter "
                 f"{stale_after:g}s",
             )
@@ -145,5 +162,7 @@ def evaluate(
         usage=usage,
         pressure=reasons,
         fresh_nodes=len(nodes) - len(skip),
+        fresh=frozenset(nodes - skip),
         stale_nodes=tuple(stale),
+        newest=newest,
     )

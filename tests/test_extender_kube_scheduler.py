@@ -137,7 +137,11 @@ def test_listing_only_scores_above_the_lowest_picks_as_the_full_list(
             everyone = score(snap, request, snap.slots_of(passing), strategy)
             full = [HostPriority(n, int(s)) for n, s in zip(passing, everyone, strict=True)]
             assert winners(passing, listed, own) == winners(passing, full, own)
-            assert all(entry.Score > 0 for entry in listed)
+            # Exactly the core's scores, less the lowest, for the hosts above it.
+            lowest = min(entry.Score for entry in full)
+            expected = {e.Host: e.Score - lowest for e in full if e.Score > lowest}
+            assert {entry.Host: entry.Score for entry in listed} == expected
+            assert len(listed) == len(expected)
             chosen = min(winners(passing, listed, own))
         # The binding reaches the cache before the next pod, as a watch event would.
         bound = pod(f"incoming-{i}", size, node_name=chosen, cpu="100m")

@@ -149,3 +149,25 @@ def test_names_and_scores_are_written_by_slot() -> None:
     assert out.scores_json(snap, slots[:0], scores[:0]) == b"[]"
     snap.upsert_node(NodeInfo("b", {EPC: 1}))
     assert json.loads(out.names_json(snap, np.array([snap.slots["b"]]))) == ["b"]
+
+
+def test_many_names_and_scores_of_mixed_lengths() -> None:
+    names = [f"n{i}" for i in range(10)] + [f"node-{i:03d}" for i in range(40)]
+    names += ["ünïcode-1", 'quo"te', "x" * 63]
+    snap = cluster(names)
+    out = SlotNames()
+    rng = random.Random(3)
+    for _ in range(20):
+        chosen = rng.sample(names, rng.randint(17, len(names)))
+        slots = snap.slots_of(chosen)
+        scores = np.array([rng.randint(1, 10) for _ in chosen], dtype=np.int64)
+        listed = json.loads(out.scores_json(snap, slots, scores))
+        assert sorted((e["Host"], e["Score"]) for e in listed) == sorted(
+            zip(chosen, scores.tolist(), strict=True)
+        )
+        assert all(set(e) == {"Host", "Score"} for e in listed)
+        assert sorted(json.loads(out.names_json(snap, slots))) == sorted(chosen)
+    # One length only: the order of the slots is kept.
+    same = [n for n in names if n.startswith("node-")]
+    slots = snap.slots_of(same[::-1])
+    assert json.loads(out.names_json(snap, slots)) == same[::-1]

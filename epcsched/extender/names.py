@@ -26,8 +26,6 @@ import numpy.typing as npt
 from epcsched.core.snapshot import ClusterSnapshot, IntArray
 from epcsched.extender import wire
 
-ObjectArray = npt.NDArray[np.object_]
-
 _QUOTE, _COMMA, _OPEN, _CLOSE = 0x22, 0x2C, 0x5B, 0x5D
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -175,41 +173,108 @@ class NameResolver:
         self._last = None
 
 
+class _Rows:
+    """One byte row per slot, kept as 2-D arrays of the rows that have the same length, so
+    that the rows of many slots are gathered by one numpy index per length, not joined one by
+    one in Python. Node names come in a few lengths, so there are a few arrays."""
+
+    def __init__(self, rows: list[bytes]) -> None:
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        self.group = np.zeros(len(rows), dtype=np.int64)
+        self.row = np.zeros(len(rows), dtype=np.int64)
+        self.tables: list[npt.NDArray[np.uint8]] = []
+        for group, length in enumerate(np.unique(lengths).tolist()):
+            members = np.flatnonzero(lengths == length)
+            self.group[members] = group
+            self.row[members] = np.arange(members.shape[0])
+            joined = b"".join([rows[i] for i in members.tolist()])
+            self.tables.append(np.frombuffer(joined, dtype=np.uint8).reshape(-1, length))
+
+    def array(self, slots: IntArray) -> tuple[npt.NDArray[np.uint8], list[Placed]]:
+        """The bytes of a JSON array of the rows of `slots` (each row ends in a comma; the last
+        one becomes the `]`), written straight into one buffer, and where each length's rows
+        landed: their positions in `slots` and a view of them in the buffer, for the caller to
+        write into before taking the bytes."""
+        groups = self.group[slots]
+        first = int(groups[0])
+        if first == int(groups.max()) == int(groups.min()):
+            members = [(first, np.arange(slots.shape[0]))]
+        else:
+            members = [(g, np.flatnonzero(groups == g)) for g in np.unique(groups).tolist()]
+        lengths = [self.tables[g].shape[1] * at.shape[0] for g, at in members]
+        out = np.empty(1 + sum(lengths), dtype=np.uint8)
+        out[0] = _OPEN
+        placed: list[Placed] = []
+        start = 1
+        for (group, at), length in zip(members, lengths, strict=True):
+            table = self.tables[group]
+            view = out[start : start + length].reshape(-1, table.shape[1])
+            # mode="clip" writes straight into `view`; "raise" would go through a temporary.
+            np.take(table, self.row[slots[at]], axis=0, out=view, mode="clip")
+            placed.append((at, view))
+            start += length
+        out[-1] = _CLOSE
+        return out, placed
+
+
+Placed = tuple[IntArray, npt.NDArray[np.uint8]]
+
+
+# Below this many entries a Python join is cheaper than numpy's fixed cost per call.
+_FEW = 16
+_SCORE_HEAD = b'{"Score":'
+_TENS = np.frombuffer(b"          1", dtype=np.uint8)
+_ONES = np.frombuffer(b"01234567890", dtype=np.uint8)
+
+
 class SlotNames:
-    """Each known node's name as JSON, by slot, for writing replies without per-name work."""
+    """Each known node's name as JSON, by slot, for writing replies without per-name work.
+
+    A prioritize entry is written `{"Score":NN,"Host":"name"}` with NN as ` 7` or `10` (the space
+    is JSON whitespace), so every entry for one name has the same length whatever the score and
+    the two digits sit at a fixed column: many entries are one row gather and two column writes.
+    """
 
     def __init__(self) -> None:
         self._generation = -1
-        self._encoded: ObjectArray = np.empty(0, dtype=object)
-        self._hosts: ObjectArray = np.empty(0, dtype=object)
+        self._encoded: list[bytes] = []
+        self._names = _Rows([])
+        self._entries = _Rows([])
 
     def _current(self, snapshot: ClusterSnapshot) -> None:
         if snapshot.generation == self._generation:
             return
-        names = snapshot.slot_names
         # One spare element, as in the snapshot's arrays, so slot -1 indexes something.
-        encoded = np.empty(len(names) + 1, dtype=object)
-        encoded[:] = [b'""' if n is None else wire.encode_name(n) for n in [*names, None]]
-        hosts = np.empty(len(encoded), dtype=object)
-        hosts[:] = [b'{"Host":' + e + b',"Score":' for e in encoded.tolist()]
-        self._encoded, self._hosts = encoded, hosts
+        names = [*snapshot.slot_names, None]
+        self._encoded = [b'""' if n is None else wire.encode_name(n) for n in names]
+        self._names = _Rows([e + b"," for e in self._encoded])
+        self._entries = _Rows([_SCORE_HEAD + b' 0,"Host":' + e + b"}," for e in self._encoded])
         self._generation = snapshot.generation
 
     def names_json(self, snapshot: ClusterSnapshot, slots: IntArray) -> bytes:
         """`["a","b",...]` for known slots."""
         self._current(snapshot)
-        return b"[" + b",".join(self._encoded[slots].tolist()) + b"]"
+        if slots.shape[0] <= _FEW:
+            encoded = self._encoded
+            return b"[" + b",".join([encoded[s] for s in slots.tolist()]) + b"]"
+        out, _ = self._names.array(slots)
+        return out.tobytes()
 
     def scores_json(self, snapshot: ClusterSnapshot, slots: IntArray, scores: IntArray) -> bytes:
-        """`[{"Host":"a","Score":7},...]` for known slots and their scores 0..10."""
+        """`[{"Score":7,"Host":"a"},...]` for known slots and their scores 0..10, in the order
+        of `slots` when they are few or their names equally long, and grouped by the length of
+        the name otherwise (kube-scheduler reads the entries into a map)."""
         self._current(snapshot)
-        if slots.shape[0] == 0:
-            return b"[]"
-        parts = np.empty(2 * slots.shape[0], dtype=object)
-        parts[0::2] = self._hosts[slots]
-        parts[1::2] = _SCORE_TAILS[scores]
-        return b"[" + b"".join(parts.tolist())[:-1] + b"]"
-
-
-_SCORE_TAILS: ObjectArray = np.empty(11, dtype=object)
-_SCORE_TAILS[:] = [str(score).encode() + b"}," for score in range(11)]
+        if slots.shape[0] <= _FEW:
+            encoded = self._encoded
+            entries = [
+                b'{"Score":%d,"Host":%s}' % (score, encoded[slot])
+                for slot, score in zip(slots.tolist(), scores.tolist(), strict=True)
+            ]
+            return b"[" + b",".join(entries) + b"]"
+        out, placed = self._entries.array(slots)
+        column = len(_SCORE_HEAD)
+        for at, rows in placed:
+            rows[:, column] = _TENS[scores[at]]
+            rows[:, column + 1] = _ONES[scores[at]]
+        return out.tobytes()

@@ -90,6 +90,11 @@ class ScoreTables:
         if high == low:
             return _NONE, _NONE
         above = np.flatnonzero(raw > low)
+        if 2 * above.shape[0] > raw.shape[0]:
+            # Most candidates differ from the lowest (a cluster of varied loads): spread all.
+            scores = normalise(raw, np.ones(raw.shape[0], dtype=np.bool_))
+            kept = np.flatnonzero(scores)
+            return kept, scores[kept]
         # With the lowest raw score beside them, normalise spreads exactly as over all.
         values = np.append(raw[above], low)
         scores = normalise(values, np.ones(values.shape[0], dtype=np.bool_))[:-1]

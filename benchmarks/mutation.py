@@ -55,51 +55,51 @@ class Target:
 # Each file against the tests that exercise it; mutmut then runs, for each mutant, only the
 # selected tests that reached the mutated function, fastest first.
 TARGETS = (
-    Target("epcsched/core/requests.py", ("tests/test_requests.py", "tests/test_mutation_edges.py")),
+    Target("epcsched/core/requests.py", ("tests/test_requests.py", "tests/test_request_edges.py")),
     Target(
         "epcsched/core/score.py",
-        ("tests/test_fit_score.py", "tests/test_mutation_edges.py", "tests/test_extender_http.py"),
+        ("tests/test_fit_score.py", "tests/test_score_edges.py", "tests/test_extender_http.py"),
     ),
     Target(
         "epcsched/core/fit.py",
         (
             "tests/test_fit_score.py",
+            "tests/test_fit_edges.py",
             "tests/test_rules.py",
-            "tests/test_mutation_edges.py",
             "tests/test_extender_http.py",
             "tests/test_extender_preempt.py",
         ),
     ),
     Target(
         "epcsched/simulation/bound.py",
-        ("tests/test_simulation_bound.py", "tests/test_mutation_edges.py"),
+        ("tests/test_simulation_bound.py", "tests/test_bound_edges.py"),
         properties=(
             "tests/test_simulation_bound.py::test_l2_never_exceeds_the_optimum",
             "tests/test_simulation_bound.py::test_the_bound_never_exceeds_a_run_in_which_no_pod_waited",
-            "tests/test_simulation_bound.py::test_bounds_hold_on_generated_boundary_items",
+            "tests/test_bound_edges.py::test_the_bound_is_the_brute_force_peak_on_boundary_workloads",
         ),
     ),
     Target(
         "epcsched/extender/wire.py",
         (
             "tests/test_wire.py",
+            "tests/test_wire_edges.py",
             "tests/test_extender_names.py",
             "tests/test_extender_fuzz.py",
             "tests/test_extender_http.py",
-            "tests/test_mutation_edges.py",
         ),
     ),
     Target(
         "epcsched/core/rules.py",
-        ("tests/test_rules.py", "tests/test_fit_score.py", "tests/test_mutation_edges.py"),
+        ("tests/test_rules.py", "tests/test_fit_score.py", "tests/test_fit_edges.py"),
     ),
     Target(
         "epcsched/core/placement.py",
         (
             "tests/test_plan.py",
             "tests/test_plan_properties.py",
+            "tests/test_plan_refusals.py",
             "tests/test_fit_score.py",
-            "tests/test_mutation_edges.py",
         ),
     ),
     Target(
@@ -107,19 +107,19 @@ TARGETS = (
         (
             "tests/test_snapshot_incremental.py",
             "tests/test_fit_score.py",
+            "tests/test_fit_edges.py",
             "tests/test_rules.py",
-            "tests/test_mutation_edges.py",
             "tests/test_extender_http.py",
         ),
     ),
     Target(
         "epcsched/core/plan.py",
-        ("tests/test_plan.py", "tests/test_plan_properties.py", "tests/test_mutation_edges.py"),
+        ("tests/test_plan.py", "tests/test_plan_properties.py", "tests/test_plan_refusals.py"),
         properties=("tests/test_plan_properties.py",),
     ),
     Target(
         "epcsched/core/autoscale.py",
-        ("tests/test_autoscale_core.py", "tests/test_plan.py", "tests/test_mutation_edges.py"),
+        ("tests/test_autoscale_core.py", "tests/test_plan.py", "tests/test_plan_refusals.py"),
     ),
     Target(
         "epcsched/extender/service.py",
@@ -129,7 +129,8 @@ TARGETS = (
             "tests/test_extender_preempt.py",
             "tests/test_extender_names.py",
             "tests/test_extender_kube_scheduler.py",
-            "tests/test_mutation_edges.py",
+            "tests/test_extender_cache_edges.py",
+            "tests/test_wire.py",
         ),
     ),
 )
@@ -237,18 +238,22 @@ def function_of(name: str) -> str:
     return f"{match['cls']}.{match['fn']}" if match["cls"] else match["fn"]
 
 
+# Joins the lines of a mutation that spans several (code holds " / " often, this never).
+JOIN = " ⏎ "
+
+
 def diff_of(work: Path, name: str) -> tuple[str, str]:
     shown = subprocess.run(
         [str(MUTMUT), "show", name], cwd=work, capture_output=True, text=True, check=False
     ).stdout.splitlines()
     before = [ln[1:].strip() for ln in shown if ln.startswith("-") and not ln.startswith("---")]
     after = [ln[1:].strip() for ln in shown if ln.startswith("+") and not ln.startswith("+++")]
-    return " / ".join(before), " / ".join(after)
+    return JOIN.join(before), JOIN.join(after)
 
 
 def line_of(source: list[str], function: str, before: str) -> int | None:
     """The 1-based line the mutation changed: the first match after the function's `def`."""
-    first = before.split(" / ")[0]
+    first = before.split(JOIN)[0]
     name = function.rpartition(".")[2]
     start = next(
         (i for i, text in enumerate(source) if re.search(rf"\bdef {re.escape(name)}\(", text)), 0

@@ -317,12 +317,18 @@ class Run:
         }
 
 
-def start(args: list[str]) -> subprocess.Popen[bytes]:
+def start(args: list[str], *, pythonpath: Path | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "KUBERNETES_SERVICE_HOST": ""}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    # `python -m` puts the working directory first on sys.path: run from `pythonpath` so that
+    # its package, not the checkout's, is the one imported.
     return subprocess.Popen(
         [sys.executable, *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env={**os.environ, "KUBERNETES_SERVICE_HOST": ""},
+        env=env,
+        cwd=pythonpath,
     )
 
 
@@ -355,18 +361,22 @@ def serve(
     load: Path,
     workdir: Path,
     procs: list[subprocess.Popen[bytes]],
+    *,
+    before: Path | None = None,
 ) -> Run:
-    """A fake API server holding `load` and, following it or not, the extender of `kind`."""
+    """A fake API server holding `load` and, following it or not, the extender of `kind`
+    (`before`: epcsched's extender from the package under that directory)."""
     api_port, ext_port, token = free_port(), free_port(), secrets.token_hex(8)
     api = start([str(HERE), "--role", "api", "--port", str(api_port), "--token", token,
                  "--load", str(load)])  # fmt: skip
     procs.append(api)
     wait_ready(api_port, api, "/healthz")
-    if kind == "epcsched":
+    if kind in ("epcsched", "before"):
         path = workdir / f"kubeconfig-{api_port}"
         path.write_text(json.dumps(kubeconfig(f"http://127.0.0.1:{api_port}", token)))
         extender = start(["-m", "epcsched", "extender", "--kubeconfig", str(path),
-                          "--port", str(ext_port), "--log-level", "WARNING"])  # fmt: skip
+                          "--port", str(ext_port), "--log-level", "WARNING"],
+                         pythonpath=before if kind == "before" else None)  # fmt: skip
     else:
         extender = start([str(HERE), "--role", "noop", "--port", str(ext_port)])
     procs.append(extender)
@@ -378,8 +388,11 @@ def serve(
     return run
 
 
-def loop(nodes: int, pods: int, warmup: int, block: int, workdir: Path) -> dict[str, Any]:
-    """Both extenders in both profiles at `nodes` nodes, blocks of pods alternating."""
+def loop(
+    nodes: int, pods: int, warmup: int, block: int, workdir: Path, before: Path | None = None
+) -> dict[str, Any]:
+    """Both extenders in both profiles at `nodes` nodes, blocks of pods alternating; with
+    `before`, an older extender too, in the base profile."""
     sizes = pod_sizes(warmup + pods, seed=nodes)
     load = workdir / f"cluster-{nodes}.json"
     load.write_bytes(orjson.dumps(cluster_objects(nodes, sizes)))
@@ -391,6 +404,11 @@ def loop(nodes: int, pods: int, warmup: int, block: int, workdir: Path) -> dict[
             for kind in ("epcsched", "do_nothing"):
                 scheduler = Scheduler(names, seed=nodes)
                 runs[profile, kind] = serve(kind, profile, scheduler, load, workdir, procs)
+        if before is not None:
+            scheduler = Scheduler(names, seed=nodes)
+            runs["extender", "before"] = serve(
+                "before", "extender", scheduler, load, workdir, procs, before=before
+            )
         for run in runs.values():
             for i in range(warmup):
                 run.schedule(i, sizes[i], timed=False)
@@ -414,6 +432,13 @@ def loop(nodes: int, pods: int, warmup: int, block: int, workdir: Path) -> dict[
                     1000 / ours["extender_pods_per_s"] - 1000 / floor["extender_pods_per_s"], 3
                 ),
             }
+        if before is not None:
+            old, floor = runs["extender", "before"].stats(), result["extender"]["do_nothing"]
+            result["extender"]["before"] = old
+            result["extender"]["before_ratio"] = round(old["pods_per_s"] / floor["pods_per_s"], 3)
+            result["extender"]["before_extender_ratio"] = round(
+                old["extender_pods_per_s"] / floor["extender_pods_per_s"], 3
+            )
         return result
     finally:
         for proc in procs:
@@ -498,6 +523,13 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=1000, help="timed pods per extender and size")
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--block", type=int, default=50, help="pods per alternating block")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="DIR",
+        help="also run the extender of the epcsched package under DIR, in the base profile "
+        "(e.g. `git archive <commit> epcsched | tar -x -C DIR`): before and after in one run",
+    )
     parser.add_argument("--role", choices=["api", "noop"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--token", help=argparse.SUPPRESS)
@@ -513,7 +545,9 @@ def main() -> int:
     result: dict[str, Any] = {"loop": []}
     with tempfile.TemporaryDirectory() as tmp:
         for nodes in sizes:
-            result["loop"].append(loop(nodes, args.pods, args.warmup, args.block, Path(tmp)))
+            result["loop"].append(
+                loop(nodes, args.pods, args.warmup, args.block, Path(tmp), args.before)
+            )
     result["in_process"] = in_process(sizes, args.pods, args.warmup, args.block)
     per_pod = [r["p50_us"] for r in result["in_process"]]
     result["in_process_growth"] = round(per_pod[-1] / per_pod[0], 2)

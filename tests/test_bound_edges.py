@@ -1,0 +1,187 @@
+"""The lower bound at the boundaries a mutation audit found untested, worked out by hand.
+
+Protects: an item of exactly half a node is not "big" (two share a node), an item of exactly a
+node fits it (and is big); a pod that ends at t is not running at t, so jobs that end exactly
+when others start never share a moment; the node-hour figure over such boundaries. A property
+test generates workloads made of those boundary values (exact halves, whole nodes, ends equal
+to starts) and compares the bound with a brute-force optimum computed independently at every
+moment, and the node-hours with an independent sweep.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from epcsched.simulation.bound import exact_bins, first_fit_decreasing, l2_bound, lower_bound
+from epcsched.simulation.workload import Workload
+from tests.simulation_helpers import pool, synthetic, trace_scenario
+
+CAP = 8192  # an 8 GiB node, in MiB
+MIB = 2**20
+
+
+def arr(*sizes: int) -> np.typing.NDArray[np.int64]:
+    return np.asarray(sizes, dtype=np.int64)
+
+
+def test_two_items_of_exactly_half_a_node_share_it() -> None:
+    assert l2_bound(arr(4096, 4096), CAP) == 1
+    assert l2_bound(arr(4096, 4096, 4096), CAP) == 2
+    assert first_fit_decreasing(arr(4096, 4096), CAP) == 1
+    assert exact_bins(arr(4096, 4096), CAP, upper=2, time_limit=10) == 1
+    # One byte over half: no two share, so each needs its own node.
+    assert l2_bound(arr(4097, 4097, 4097), CAP) == 3
+
+
+def test_an_item_of_exactly_a_node_fills_it() -> None:
+    assert l2_bound(arr(8192), CAP) == 1
+    assert l2_bound(arr(8192, 8192, 1), CAP) == 3
+    assert first_fit_decreasing(arr(8192, 8192), CAP) == 2
+    assert first_fit_decreasing(arr(8192, 1), CAP) == 2
+    assert exact_bins(arr(8192, 1), CAP, upper=2, time_limit=10) == 2
+    # Items that fill a node exactly between them: 3/4 + 1/4 twice.
+    assert first_fit_decreasing(arr(6144, 6144, 2048, 2048), CAP) == 2
+    assert l2_bound(arr(6144, 6144, 2048, 2048), CAP) == 2
+
+
+def test_l2_counts_what_cannot_sit_beside_the_big_items() -> None:
+    # Big 6000 and 5000 leave 2192 and 3192; smalls 3000, 3000, 3000. Only one small fits
+    # beside the 5000, none beside the 6000: L2 (and the optimum) is 2 + ceil(6000 / 8192) = 3.
+    items = arr(6000, 5000, 3000, 3000, 3000)
+    assert l2_bound(items, CAP) == 3
+    assert exact_bins(items, CAP, upper=first_fit_decreasing(items, CAP), time_limit=10) == 3
+    assert l2_bound(arr(), CAP) == 0 and l2_bound(arr(0, 0), CAP) == 0
+    assert first_fit_decreasing(arr(0), CAP) == 0
+    assert exact_bins(arr(0), CAP, upper=1, time_limit=10) == 0
+
+
+def test_half_node_pods_at_once_need_one_node(tmp_path: Path) -> None:
+    jobs = [(0, 100, 4096, 100, 256), (0, 100, 4096, 100, 256)]
+    scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=2)])
+    bound = lower_bound(scenario, workload)
+    assert (bound.peak_nodes, bound.method) == (1, "milp")
+    # 100 s at ceil(8192 / 8192) = 1 node, no pod over half a node.
+    assert bound.node_hours == pytest.approx(100 / 3600)
+
+
+def test_a_pod_of_exactly_a_node_fits_it(tmp_path: Path) -> None:
+    jobs = [(0, 100, 8192, 100, 256), (0, 100, 8192, 100, 256), (0, 50, 8193, 100, 256)]
+    scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=2)])
+    bound = lower_bound(scenario, workload)
+    assert (bound.peak_nodes, bound.method) == (2, "milp")
+    assert bound.per_pool["p"].pods_excluded == 1
+    # The excluded pod counts for no node-hours; the others 2 nodes for 100 s.
+    assert bound.node_hours == pytest.approx(200 / 3600)
+
+
+def test_a_pod_ending_when_another_starts_never_runs_beside_it(tmp_path: Path) -> None:
+    # Each pod is 3/4 of a node; each starts the second the previous one ends.
+    jobs = [(0, 100, 6144, 100, 256), (100, 100, 6144, 100, 256), (200, 50, 6144, 100, 256)]
+    scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=2)])
+    bound = lower_bound(scenario, workload)
+    assert (bound.peak_nodes, bound.method) == (1, "milp")
+    assert bound.node_hours == pytest.approx(250 / 3600)
+    # Overlap them by one second and two nodes are needed, from t=99 to t=100.
+    jobs[1] = (99, 101, 6144, 100, 256)
+    scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=2)])
+    bound = lower_bound(scenario, workload)
+    assert (bound.peak_nodes, bound.per_pool["p"].at_s) == (2, 99)
+    assert bound.node_hours == pytest.approx(251 / 3600)
+
+
+def test_the_peak_is_found_at_a_moment_between_boundaries(tmp_path: Path) -> None:
+    # Half-node pods: a [0, 10), b [10, 30), c [20, 40), d [30, 40). At 10 only b runs; at 20 b
+    # and c (one node); at 30 c and d. Three half pods never run at once: 1 node throughout.
+    jobs = [
+        (0, 10, 4096, 1, 1),
+        (10, 20, 4096, 1, 1),
+        (20, 20, 4096, 1, 1),
+        (30, 10, 4096, 1, 1),
+    ]
+    scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=2)])
+    bound = lower_bound(scenario, workload)
+    assert (bound.peak_nodes, bound.method) == (1, "milp")
+    assert bound.node_hours == pytest.approx(40 / 3600)
+
+
+def test_node_hours_stop_at_the_horizon(tmp_path: Path) -> None:
+    # Horizon 1h: a pod from 3000 s for 1200 s counts until 3600 s; one submitted at 3600 s
+    # (the horizon itself) runs for no time inside it, but is in the workload: at 3600 s both
+    # run, two 3/4-node pods, so the peak is 2.
+    jobs = [(3000, 1200, 6144, 1, 1), (3600, 100, 6144, 1, 1)]
+    scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=2)], horizon="1h")
+    bound = lower_bound(scenario, workload)
+    assert bound.node_hours == pytest.approx(600 / 3600)
+    assert bound.peak_nodes == 2
+
+
+# ----- property: boundary workloads against a brute force -------------------------------------
+
+BASE, _ = synthetic(seed=1, count=1, pools=[pool(size=1)])
+SCENARIO = replace(BASE, horizon=1000.0)
+SIZES = [1024, 2048, 4095, 4096, 4097, 6144, 8192, 8193]
+TIMES = [0, 10, 20, 30]
+DURATIONS = [10, 20]
+
+
+def brute_force_bins(items: list[int]) -> int:
+    """The fewest 8192-MiB bins that hold `items`, by trying every assignment."""
+    for bins in range(len(items) + 1):
+        for assignment in itertools.product(range(bins), repeat=len(items)):
+            loads = [0] * bins
+            for item, b in zip(items, assignment, strict=True):
+                loads[b] += item
+            if all(load <= CAP for load in loads):
+                return bins
+    raise AssertionError("unreachable: one bin per item always works")
+
+
+def brute_force(jobs: list[tuple[int, int, int]]) -> tuple[int, float]:
+    """Peak nodes over all moments, and node-seconds of max(ceil(sum / cap), pods over half)."""
+    fitting = [(s, s + d, e) for s, d, e in jobs if e <= CAP]
+    peak = 0
+    for t in {s for s, _, _ in fitting}:
+        running = [e for s, end, e in fitting if s <= t < end]
+        peak = max(peak, brute_force_bins(running))
+    edges = sorted({s for s, _, _ in fitting} | {end for _, end, _ in fitting})
+    seconds = 0.0
+    for left, right in itertools.pairwise(edges):
+        running = [e for s, end, e in fitting if s <= left < end]
+        nodes = max(math.ceil(sum(running) / CAP), sum(1 for e in running if 2 * e > CAP))
+        seconds += nodes * (right - left)
+    return peak, seconds
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(TIMES), st.sampled_from(DURATIONS), st.sampled_from(SIZES)),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_the_bound_is_the_brute_force_peak_on_boundary_workloads(
+    jobs: list[tuple[int, int, int]],
+) -> None:
+    jobs.sort()
+    workload = Workload(
+        ids=tuple(f"j{i}" for i in range(len(jobs))),
+        submit=np.asarray([s for s, _, _ in jobs], dtype=np.float64),
+        duration=np.asarray([d for _, d, _ in jobs], dtype=np.float64),
+        epc=np.asarray([e * MIB for _, _, e in jobs], dtype=np.int64),
+        cpu_milli=np.ones(len(jobs), dtype=np.int64),
+        memory=np.ones(len(jobs), dtype=np.int64),
+    )
+    bound = lower_bound(SCENARIO, workload)
+    peak, seconds = brute_force(jobs)
+    assert (bound.peak_nodes, bound.method) == (peak, "milp")
+    assert bound.node_hours == pytest.approx(seconds / 3600)
+    assert bound.per_pool["p"].pods_excluded == sum(1 for _, _, e in jobs if e > CAP)

@@ -7,14 +7,13 @@ over real HTTP to check the status codes end to end.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp.test_utils import TestClient
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from epcsched.config import Config
@@ -118,13 +117,103 @@ def test_service_answers_or_raises_bad_request_only(body: Any) -> None:
             json.loads(reply)
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.binary(max_size=200))
-def test_arbitrary_bytes_never_crash(raw: bytes) -> None:
+CACHE_BODY = json.dumps({"Pod": pod("p", "1Mi"), "Nodes": None, "NodeNames": ["a", "b", "zz"]})
+FULL_BODY = json.dumps(
+    {"Pod": pod("p", "64Mi"), "Nodes": {"items": [node("a", "94Mi"), node("b", "16Gi")]}}
+)
+# Spread, a 1Mi or 64Mi pod: "b" (16Gi, empty) is the emptier node by far and scores 10, "a"
+# (94Mi, 10Mi in use) 0, and a 0 is left out. "zz" is not a node.
+UNEDITED = {
+    CACHE_BODY: (
+        {
+            "NodeNames": ["a", "b"],
+            "FailedNodes": {"zz": "node is not in epcsched's cluster cache"},
+            "FailedAndUnresolvableNodes": {},
+            "Error": "",
+        },
+        [{"Host": "b", "Score": 10}],
+    ),
+    FULL_BODY: (
+        {
+            "Nodes": {"metadata": {}, "items": [node("a", "94Mi"), node("b", "16Gi")]},
+            "NodeNames": None,
+            "FailedNodes": {},
+            "FailedAndUnresolvableNodes": {},
+            "Error": "",
+        },
+        [{"Host": "b", "Score": 10}],
+    ),
+}
+edits = st.lists(
+    st.tuples(
+        st.sampled_from(["delete", "insert", "replace"]),
+        st.integers(min_value=0),
+        st.sampled_from(list(b'{}[]",:0123456789.-eE ntfaMiGk\\\xff')),
+    ),
+    max_size=3,
+)
+
+
+def go_json(raw: bytes) -> Any:
+    """JSON as Go's encoding/json (kube-scheduler's) reads it: invalid UTF-8 becomes U+FFFD."""
+    return json.loads(raw.decode("utf-8", "replace"))
+
+
+def edited(body: str, changes: list[tuple[str, int, int]]) -> bytes:
+    raw = bytearray(body.encode())
+    for kind, position, byte in changes:
+        at = position % (len(raw) + 1)
+        if kind == "insert":
+            raw.insert(at, byte)
+        elif at < len(raw):
+            if kind == "delete":
+                del raw[at]
+            else:
+                raw[at] = byte
+    return bytes(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(UNEDITED)), edits)
+def test_edited_bodies_are_answered_or_refused_on_one_line(
+    body: str, changes: list[tuple[str, int, int]]
+) -> None:
+    """Real bodies with a few bytes deleted, inserted or replaced: most stay JSON and reach the
+    decoders past the JSON parser (a wrong type, a broken quantity, an unknown node)."""
+    raw = edited(body, changes)
+    try:
+        go_json(raw)
+        is_json = True
+    except ValueError:
+        is_json = False
+    event("JSON: reaches the decoders" if is_json else "not JSON")
     service = ExtenderService(lambda: SNAP, strategy="spread")
+    replies = []
     for verb in (service.filter, service.prioritize):
-        with contextlib.suppress(BadRequest):
-            verb(raw)
+        try:
+            # A full-nodes reply echoes the Node objects byte for byte, odd bytes included.
+            reply = go_json(verb(raw))
+        except BadRequest as exc:
+            message = str(exc)
+            assert message and "\n" not in message
+            if not is_json:
+                # Refused by the first reading, before any decoder past it.
+                assert message.startswith(("malformed JSON", "request body must be")), message
+            replies.append(None)
+            continue
+        assert is_json, raw
+        if verb == service.filter:
+            assert reply["Error"] == ""
+            passed = reply["NodeNames"] or [
+                n["metadata"]["name"] for n in (reply.get("Nodes") or {}).get("items") or []
+            ]
+            refused = set(reply["FailedNodes"]) | set(reply["FailedAndUnresolvableNodes"])
+            assert not set(passed) & refused
+        else:
+            assert all(0 < entry["Score"] <= 10 for entry in reply), reply
+        replies.append(reply)
+    if raw == body.encode():
+        assert tuple(replies) == UNEDITED[body]
 
 
 async def test_random_bodies_over_http_are_200_or_400(

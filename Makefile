@@ -48,6 +48,7 @@ bench: install-test
 	$(PY) benchmarks/extender.py
 	$(PY) benchmarks/scheduling_loop.py
 	$(PY) benchmarks/extender_logging.py
+	$(PY) benchmarks/extender_memory.py
 	$(PY) benchmarks/informer.py
 	$(PY) benchmarks/simulation.py
 	$(PY) benchmarks/autoscaler.py

@@ -163,8 +163,12 @@ class ExtenderSettings:
     """URL prefix before each verb (kube-scheduler posts to urlPrefix + "/" + verb)."""
     strategy: str = field(default="binpack", metadata=_parse(_choice(STRATEGIES)))
     """Scoring strategy: binpack, spread or balanced."""
-    max_body_bytes: int = field(default=64 * 2**20, metadata=_parse(_bytes))
-    """Largest request body accepted; larger ones get 413."""
+    max_body_bytes: int = field(default=8 * 2**20, metadata=_parse(_bytes))
+    """Largest request body accepted; larger ones get 413. Memory grows with the body (up to
+    about 55 MB per MB for a list of names the cache does not know; benchmarks/extender_memory.py
+    measures it), so the default keeps the worst accepted request near 600 MB, within the
+    sidecar's 1 Gi limit. A cache-mode body is about 40 bytes per node (200 KB at 5,000 nodes);
+    full-Nodes mode needs about 10 KB per node: raise this and the memory limit together."""
     prefer_non_sgx: bool = True
     """Score nodes without EPC higher for pods that request no EPC."""
     bind: bool = False

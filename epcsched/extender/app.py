@@ -61,7 +61,13 @@ def observed(verb: str, handler: Handler) -> Handler:
         except web.HTTPException as exc:  # 413 from a body over the limit, among others
             code = exc.status
             refusal = exc.text or exc.reason
-            raise
+            if code < 400:
+                raise
+            # The same JSON error body as every other refusal, not aiohttp's plain text.
+            headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
+            return web.Response(
+                status=code, body=error_reply(refusal), content_type=_JSON, headers=headers
+            )
         except Exception:
             log.exception("internal error answering %s %s", request.method, request.path)
             return web.Response(
@@ -174,6 +180,37 @@ def add_verb(app: web.Application, verb: str, handler: Handler) -> None:
     app.router.add_post(f"{app[PREFIX]}/{verb}", observed(verb, handler), name=verb)
 
 
+UNROUTED = "unrouted"
+
+
+async def _unrouted(request: web.Request) -> web.Response:
+    """404 for a path nothing serves, 405 for a method a path does not take; JSON as the verbs'
+    errors are. A catch-all route, so that requests that do match pay nothing for it."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource.name != UNROUTED:
+            _, methods = await resource.resolve(request)
+            allowed |= methods
+    if allowed:
+        return web.Response(
+            status=405,
+            body=error_reply(
+                f"{request.method} {request.path}: method not allowed "
+                f"(use {', '.join(sorted(allowed))})"
+            ),
+            content_type=_JSON,
+            headers={"Allow": ",".join(sorted(allowed))},
+        )
+    verbs = sorted(
+        r.canonical for r in request.app.router.resources() if r.name not in (UNROUTED, None)
+    )
+    return web.Response(
+        status=404,
+        body=error_reply(f"{request.path}: not found (served: {', '.join(verbs)})"),
+        content_type=_JSON,
+    )
+
+
 async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
@@ -242,6 +279,7 @@ def create_app(
     app.router.add_get("/healthz", _healthz, name="healthz")
     app.router.add_get("/readyz", _readyz, name="readyz")
     app.router.add_get("/metrics", _metrics, name="metrics")
+    app.router.add_route("*", "/{path:.*}", _unrouted, name=UNROUTED)
     app.cleanup_ctx.append(_run_state)
     if telemetry is None and config.prometheus.url:
         telemetry = Telemetry(

@@ -27,6 +27,9 @@ log = logging.getLogger("epcsched.extender.decisions")
 _WORDS = re.compile(r"[^0-9]*")
 """A reason up to its first figure."""
 _FAILURES_KEY = b',"FailedNodes":'
+_UNRESOLVABLE_KEY = b',"FailedAndUnresolvableNodes":'
+_GROUP_LIMIT = 2 * 2**20
+"""Failure sections larger than this are counted, not decoded."""
 _NO_FAILURES = wire.EMPTY_FAILURES + b"}"
 _MAX_REASONS = 5
 _MAX_GROUPS = 20
@@ -95,16 +98,27 @@ def log_filter(body: bytes, reply: bytes) -> None:
     at = reply.rfind(_FAILURES_KEY)
     if at < 0:  # an Error reply: the handler logs those
         return
-    try:
-        failures = _failures_decoder.decode(b"{" + reply[at + 1 :])
-    except msgspec.DecodeError:
-        return
-    failed = failures.FailedNodes or {}
-    unresolvable = failures.FailedAndUnresolvableNodes or {}
-    if not failed and not unresolvable:
+    if len(reply) - at > _GROUP_LIMIT:
+        # No real cluster fails this many nodes (kube-scheduler sends at most 5,000): count
+        # them in place rather than decode them, so an absurd request costs no more memory.
+        mid = reply.rfind(_UNRESOLVABLE_KEY)
+        failed_count = reply.count(b'":"', at, mid)
+        unresolvable_count = reply.count(b'":"', mid, reply.rfind(b',"Error":'))
+        grouped = [
+            ("reasons not grouped: too many failed nodes", failed_count + unresolvable_count)
+        ]
+    else:
+        try:
+            failures = _failures_decoder.decode(b"{" + reply[at + 1 :])
+        except msgspec.DecodeError:
+            return
+        failed = list((failures.FailedNodes or {}).values())
+        unresolvable = list((failures.FailedAndUnresolvableNodes or {}).values())
+        failed_count, unresolvable_count = len(failed), len(unresolvable)
+        grouped = group_reasons(failed + unresolvable)
+    if not failed_count and not unresolvable_count:
         return
     pod, uid = pod_identity(body)
-    grouped = group_reasons([*failed.values(), *unresolvable.values()])
     shown = "; ".join(f"{count}× {text}" for text, count in grouped[:_MAX_REASONS])
     if len(grouped) > _MAX_REASONS:
         shown += f"; and {len(grouped) - _MAX_REASONS} other reasons"
@@ -112,15 +126,15 @@ def log_filter(body: bytes, reply: bytes) -> None:
         "pod %s (uid %s): failed %d nodes (%d where preemption could help, %d where it cannot): %s",
         pod,
         uid or "none",
-        len(failed) + len(unresolvable),
-        len(failed),
-        len(unresolvable),
+        failed_count + unresolvable_count,
+        failed_count,
+        unresolvable_count,
         shown,
         extra={
             "pod": pod,
             "uid": uid,
-            "failedNodes": len(failed),
-            "unresolvableNodes": len(unresolvable),
+            "failedNodes": failed_count,
+            "unresolvableNodes": unresolvable_count,
             "reasons": dict(grouped),
         },
     )

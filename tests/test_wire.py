@@ -10,7 +10,8 @@ import json
 from typing import Any
 
 import msgspec
-from hypothesis import given, settings
+import pytest
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from epcsched.config import Config
@@ -48,14 +49,22 @@ def slow_answers(body: bytes) -> tuple[str, str]:
 
 
 def test_decoy_inside_the_pod_is_ignored() -> None:
+    # Decoys the key search meets before the real key: strings (rejected as soon as no array
+    # follows) and, last in the pod's spec, a real `, "NodeNames": [...]` pair, which only the
+    # check that the text before it closes into a complete object can reject.
     decoy = dict(POD)
     decoy["metadata"] = dict(POD["metadata"], annotations={"NodeNames": '["c"]'})
-    decoy["spec"] = dict(POD["spec"], nodeSelector={"NodeNames": "x"})
+    decoy["spec"] = dict(POD["spec"], nodeSelector={"NodeNames": "x"}, NodeNames=["c"])
     body = json.dumps({"Pod": decoy, "Nodes": None, "NodeNames": ["a", "b"]}).encode()
+    nested = body.index(b', "NodeNames": ["c"]')
+    assert nested < body.rindex(b'"NodeNames"') and body.count(b'"NodeNames"') == 4
     args = wire.split_args(body)
     assert args.names_from_tail
     assert msgspec.json.decode(args.node_names_raw or b"") == ["a", "b"]
     assert msgspec.json.decode(args.pod_raw) == decoy
+    # c (8Mi) is too small for the 16Mi pod; a and b pass: the decoy's list was never read.
+    assert json.loads(answers(body)[0])["NodeNames"] == ["a", "b"]
+    assert answers(body) == slow_answers(body)
 
 
 def test_names_not_last_take_the_general_path() -> None:
@@ -92,6 +101,8 @@ values = st.one_of(
     st.sampled_from(["", " ", "\n  "]),
 )
 def test_fast_path_agrees_with_full_decode(pairs: list[tuple[str, Any]], space: str) -> None:
+    """The service's answers (fast reading, and its own fallback to the full one when the tail
+    slice is not an array of names) equal its answers with the fast reading switched off."""
     body = (
         "{"
         + ",".join(f'{space}"{k}"{space}:{space}{json.dumps(v)}' for k, v in pairs)
@@ -99,26 +110,33 @@ def test_fast_path_agrees_with_full_decode(pairs: list[tuple[str, Any]], space: 
         + "}"
     ).encode()
     try:
-        expected: Any = general(body)
-    except wire.BadRequest as exc:
-        expected = str(exc)
-    try:
-        args = wire.split_args(body)
-        names_raw = args.node_names_raw
-        if args.names_from_tail and names_raw is not None:
-            try:
-                wire.decode_node_names(names_raw)
-            except wire.BadRequest:
-                args = wire.split_args(body, fast=False)
-        got: Any = (
-            msgspec.json.decode(args.pod_raw),
-            None if args.node_names_raw is None else msgspec.json.decode(args.node_names_raw),
-            None if args.nodes_raw is None else msgspec.json.decode(args.nodes_raw),
-        )
-    except wire.BadRequest as exc:
-        got = str(exc)
-    assert got == expected
+        fast = wire.split_args(body)
+    except wire.BadRequest:
+        fast = None
+    # Known bug, pinned by test_keys_after_the_names_of_a_full_nodes_request_are_read below:
+    # a tail slice in full-nodes mode is never checked. Remove this assumption with the fix.
+    assume(fast is None or not (fast.names_from_tail and fast.nodes_raw is not None))
+    assert answers(body) == slow_answers(body)
 
 
-def test_config_default_body_limit_is_64_mib() -> None:
-    assert Config().extender.max_body_bytes == 64 * 2**20
+@pytest.mark.xfail(
+    strict=True,
+    reason="ExtenderService._args trusts an unchecked NodeNames tail slice in full-nodes mode",
+)
+def test_keys_after_the_names_of_a_full_nodes_request_are_read() -> None:
+    # Go reads keys case-insensitively and the last one wins: the pod is the final "Pod": [],
+    # which is not an object, so the request is malformed (400). The fast path slices
+    # `[], "Pod": []` off as the NodeNames value; in full-nodes mode (Nodes not null) the
+    # service never decodes that slice, so it answers for the first "pod" instead.
+    body = (
+        b'{"pod": '
+        + json.dumps(POD).encode()
+        + b', "Nodes": {"items": []}, "NodeNames": [], "Pod": []}'
+    )
+    assert answers(body) == slow_answers(body)
+    assert answers(body)[0].startswith("400 Pod: Expected `object`, got `array`")
+
+
+def test_config_default_body_limit_is_8_mib() -> None:
+    # Lowered from 64Mi in 22b62ef so the worst accepted request stays under the memory limit.
+    assert Config().extender.max_body_bytes == 8 * 2**20

@@ -35,6 +35,16 @@ NODES = BY_KIND["Node"]
 FAST = InformerSettings(backoff_initial=0.01, backoff_max=0.05, watch_timeout=(5, 10))
 
 
+class FakeClock:
+    """The Binder's clock: reservations expire when the test says time has passed."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @dataclass
 class Rig:
     api: FakeApiServer
@@ -42,6 +52,7 @@ class Rig:
     binder: Binder
     url: str
     session: aiohttp.ClientSession
+    clock: FakeClock
 
     async def bind(self, name: str, node_name: str, *, uid: str | None = None) -> str:
         if uid is None:
@@ -71,7 +82,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         config.extender.reservation_ttl = 0.4
         conf = await configuration(api, tmp_path)
         state = InformerState(conf, config, settings=FAST)
-        binder = Binder(conf, state, ttl=config.extender.reservation_ttl)
+        clock = FakeClock()
+        binder = Binder(conf, state, ttl=config.extender.reservation_ttl, clock=clock)
         app = create_app(config, state)
         install(app, binder)
         runner = web.AppRunner(app)
@@ -81,7 +93,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         port = runner.addresses[0][1]
         try:
             async with aiohttp.ClientSession() as session:
-                yield Rig(api, state, binder, f"http://127.0.0.1:{port}", session)
+                yield Rig(api, state, binder, f"http://127.0.0.1:{port}", session, clock)
         finally:
             await runner.cleanup()
 
@@ -173,7 +185,16 @@ async def test_reservation_covers_the_gap_then_expires(rig: Rig) -> None:
     # The reservation stands in for the unseen binding: b cannot take the same EPC.
     error = await rig.bind("b", "n1")
     assert "no longer fits node n1" in error and "free 24Mi of 64Mi" in error
-    await asyncio.sleep(0.7)  # reservationTtl is 0.4s
+    # reservationTtl is 0.4 s: just before it the reservation still holds b off...
+    rig.clock.now += 0.39
+    assert "no longer fits node n1" in await rig.bind("b", "n1")
+    assert rig.binder.expired == 0
+    # ...and at it the sweeper lets it go (it runs every 0.1 s of real time).
+    rig.clock.now += 0.01
+    for _ in range(200):
+        if not rig.state.snapshot.reservations:
+            break
+        await asyncio.sleep(0.01)
     assert rig.state.snapshot.reservations == {}
     assert rig.binder.expired == 1
     # When the watch comes back, the binding itself holds the EPC.

@@ -10,7 +10,6 @@ import json
 from typing import Any
 
 import msgspec
-import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -119,10 +118,6 @@ def test_fast_path_agrees_with_full_decode(pairs: list[tuple[str, Any]], space: 
     assert answers(body) == slow_answers(body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ExtenderService._args trusts an unchecked NodeNames tail slice in full-nodes mode",
-)
 def test_keys_after_the_names_of_a_full_nodes_request_are_read() -> None:
     # Go reads keys case-insensitively and the last one wins: the pod is the final "Pod": [],
     # which is not an object, so the request is malformed (400). The fast path slices

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 
 from epcsched.core.fit import (
@@ -24,6 +25,7 @@ from epcsched.core.fit import (
     PodRequest,
     fit_masks,
     fits_after_evicting,
+    fits_everywhere,
     reasons,
 )
 from epcsched.core.score import normalise, raw_and_eligible, score
@@ -124,6 +126,12 @@ class ExtenderService:
     ) -> tuple[wire.ExtenderArgs, IntArray | None]:
         """The request's parts and, in cache mode, the slot of each listed name."""
         args = wire.split_args(body)
+        if args.nodes_raw is not None and args.names_from_tail:
+            # Full-nodes mode never reads NodeNames, so nothing else would notice a tail slice
+            # that is not the whole value (a later key hidden in it): check it is one.
+            if not _names_value(args.node_names_raw):
+                args = wire.split_args(body, fast=False)
+            return args, None
         if args.node_names_raw is None or args.nodes_raw is not None:
             return args, None
         try:
@@ -216,7 +224,9 @@ class ExtenderService:
             return self._filter_full(snapshot, request, args.nodes_raw)
         raw_names = args.node_names_raw
         assert raw_names is not None
-        if self._scores.fits_all(snapshot, request, slots):
+        # The fit view alone, not the score tables: with the high-throughput profile no
+        # prioritize follows, and updating raw scores here would be work for nothing.
+        if fits_everywhere(snapshot, request, slots):
             return wire.filter_reply_names(raw_names, {}, {})
         masks = fit_masks(snapshot, request, slots)
 
@@ -339,3 +349,17 @@ def _names_at(names: list[str]) -> NamesAt:
 
 def _meta_victims(uids: list[str], pdb_violations: int) -> dict[str, object]:
     return {"Pods": [{"UID": uid} for uid in uids], "NumPDBViolations": pdb_violations}
+
+
+_NAMES = msgspec.json.Decoder(list[str] | None)
+
+
+def _names_value(raw: bytes | None) -> bool:
+    """Whether `raw` is exactly one JSON value of NodeNames' type (a list of names, or null)."""
+    if raw is None:
+        return True
+    try:
+        _NAMES.decode(raw)
+    except msgspec.DecodeError:
+        return False
+    return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from epcsched.cli import main
 from epcsched.simulation.demo import run_demo
 from epcsched.simulation.scenario import load_scenario
-from epcsched.simulation.sweep import plan_tasks, run_tasks
+from epcsched.simulation.sweep import DaskUnavailable, plan_tasks, run_tasks
 from epcsched.simulation.workload import load_workload
 from epcsched.skus import lookup, sku_table
 from tests.simulation_helpers import MIB
@@ -216,10 +217,16 @@ def test_unreachable_dask_scheduler_is_one_line(
         sock.listen(1)
         port = sock.getsockname()[1]
     # The port was free a moment ago and nothing listens on it now: connections are refused.
-    argv = ["simulate", str(TINY), "--dask", f"tcp://127.0.0.1:{port}", "--out", str(tmp_path)]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "--dask: cannot reach the Dask scheduler" in err and "Traceback" not in err
+    # The connect timeout is a parameter, so the test waits half a second, not the default 10.
+    address = f"tcp://127.0.0.1:{port}"
+    tasks = plan_tasks(load_scenario(TINY), ["binpack"])[:1]
+    started = time.monotonic()
+    with pytest.raises(DaskUnavailable) as caught:
+        run_tasks(tasks, dask_address=address, dask_timeout=0.5)
+    assert time.monotonic() - started < 5
+    message = str(caught.value)
+    assert message.startswith(f"cannot reach the Dask scheduler at {address!r}: ")
+    assert "\n" not in message
 
 
 def test_the_sku_table_is_bundled_in_the_package() -> None:

@@ -77,8 +77,10 @@ def run_tasks(
     dask_address: str | None = None,
     progress: bool | None = None,
     runner: Callable[[Task], RunResult] = run_task,
+    dask_timeout: float = DASK_CONNECT_TIMEOUT,
 ) -> list[RunResult]:
-    """Run `tasks` here, on `workers` processes, or on the Dask scheduler at `dask_address`."""
+    """Run `tasks` here, on `workers` processes, or on the Dask scheduler at `dask_address`
+    (giving up after `dask_timeout` seconds without a connection)."""
     show = _progress_enabled() if progress is None else progress
     results: list[RunResult | None] = [None] * len(tasks)
     with ExitStack() as stack:
@@ -92,7 +94,7 @@ def run_tasks(
             try:
                 client = stack.enter_context(
                     Client(  # type: ignore[no-untyped-call]
-                        dask_address, set_as_default=False, timeout=DASK_CONNECT_TIMEOUT
+                        dask_address, set_as_default=False, timeout=dask_timeout
                     )
                 )
             except (OSError, ValueError, TimeoutError) as exc:

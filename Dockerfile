@@ -48,6 +48,6 @@ WORKDIR /tmp
 # the end of the pod's grace period.
 # 8888: extender (filter/prioritize/bind, /healthz, /readyz, /metrics); 9877: node exporter;
 # 8085: autoscaler (/healthz, /readyz, /metrics).
-EXPOSE 8888 9877 8085
+EXPOSE 8888 8889 9877 8085
 ENTRYPOINT ["epcsched"]
 CMD ["--help"]

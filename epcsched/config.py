@@ -159,6 +159,12 @@ class ExtenderSettings:
     """Address to listen on."""
     port: int = field(default=8888, metadata=_parse(_port))
     """Port to listen on."""
+    metrics_host: str | None = None
+    """Address for the metrics listener (default: `host`)."""
+    metrics_port: int | None = field(default=None, metadata=_parse(_port))
+    """Serve /metrics (and /healthz, /readyz for probes) on this port, apart from the extender
+    verbs, so that a NetworkPolicy can let Prometheus reach the metrics and nothing else. Unset:
+    /metrics is served on `port` beside the verbs."""
     prefix: str = ""
     """URL prefix before each verb (kube-scheduler posts to urlPrefix + "/" + verb)."""
     strategy: str = field(default="binpack", metadata=_parse(_choice(STRATEGIES)))

@@ -474,12 +474,15 @@ def test_kube_scheduler_calls_the_extender_where_it_listens(base: list[Obj]) -> 
     port = int(flag(extender, "--port") or config.extender.port)
     assert url.port == port
     assert url.path.rstrip("/") == config.extender.prefix.rstrip("/")
-    assert port in [p["containerPort"] for p in extender["ports"]]
+    # The verbs listen on loopback (kube-scheduler is in the same pod); only the metrics
+    # port is a container port, for Prometheus and the probes.
+    assert config.extender.metrics_port in [p["containerPort"] for p in extender["ports"]]
     # A plain init container that never exits would keep kube-scheduler from ever starting.
     if extender in spec.get("initContainers", []):
         assert extender.get("restartPolicy") == "Always"
-    # The extender must listen on more than loopback for its /metrics to be scraped.
-    assert (flag(extender, "--host") or config.extender.host) == "0.0.0.0"
+    assert (flag(extender, "--host") or config.extender.host) == "127.0.0.1"
+    # Its metrics listener must listen on more than loopback to be scraped.
+    assert config.extender.metrics_host == "0.0.0.0"
     # kube-scheduler reads the generated scheduler ConfigMap at the path it is given.
     scheduler = schedulers[0]
     volume, key = mounted_file(spec, scheduler, flag(scheduler, "--config") or "")
@@ -1100,7 +1103,7 @@ def test_dockerfile_builds_a_non_root_epcsched_image() -> None:
     argv = json.loads(entrypoints[-1])
     assert PurePosixPath(argv[0]).name == "epcsched"
     exposed = {int(p.split("/")[0]) for word, a in final if word == "EXPOSE" for p in a.split()}
-    assert {8888, 9877} <= exposed
+    assert {8888, 8889, 9877} <= exposed
     runs = " ".join(a for stage in all_stages for word, a in stage if word == "RUN")
     assert re.search(r"pip install (\S+ )*\.(\s|$)", runs), "installs the package with pip"
     # The venv built in an earlier stage is copied whole to the same path, and its bin/ is on

@@ -233,6 +233,21 @@ async def _metrics(request: web.Request) -> web.Response:
     return response
 
 
+def create_metrics_app(extender: web.Application) -> web.Application:
+    """/metrics, /healthz and /readyz of `extender`, for a listener of their own: what Prometheus
+    and the kubelet need, without the verbs that decide placements."""
+    app = web.Application(client_max_size=1024)
+    app[STATE] = extender[STATE]
+    app[METRICS] = extender[METRICS]
+    if TELEMETRY in extender:
+        app[TELEMETRY] = extender[TELEMETRY]
+    app.router.add_get("/healthz", _healthz, name="healthz")
+    app.router.add_get("/readyz", _readyz, name="readyz")
+    app.router.add_get("/metrics", _metrics, name="metrics")
+    app.router.add_route("*", "/{path:.*}", _unrouted, name=UNROUTED)
+    return app
+
+
 async def _run_state(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     await state.start()
@@ -257,9 +272,11 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
     telemetry: Telemetry | None = None,
+    metrics_route: bool = True,
 ) -> web.Application:
     """Build the extender app; `state` (and telemetry, when given or when `prometheus.url` is
-    set) is started and stopped with it."""
+    set) is started and stopped with it. Without `metrics_route`, /metrics is left to
+    `create_metrics_app` on a listener of its own."""
     settings = config.extender
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[CONFIG] = config
@@ -278,7 +295,8 @@ def create_app(
     add_verb(app, "preempt", _extender_verb(ExtenderService.preempt))
     app.router.add_get("/healthz", _healthz, name="healthz")
     app.router.add_get("/readyz", _readyz, name="readyz")
-    app.router.add_get("/metrics", _metrics, name="metrics")
+    if metrics_route:
+        app.router.add_get("/metrics", _metrics, name="metrics")
     app.router.add_route("*", "/{path:.*}", _unrouted, name=UNROUTED)
     app.cleanup_ctx.append(_run_state)
     if telemetry is None and config.prometheus.url:

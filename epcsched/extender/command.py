@@ -46,6 +46,18 @@ def register(sub: Any) -> None:
     parser.add_argument("--config", metavar="FILE", help="epcsched YAML configuration")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8888)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve /metrics (and /healthz, /readyz) on this port instead, apart from the verbs "
+        "(extender.metricsPort; 0: any free port)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        metavar="HOST",
+        help="address for --metrics-port (extender.metricsHost; default: --host)",
+    )
     parser.add_argument("--strategy", choices=STRATEGIES, help="scoring strategy")
     parser.add_argument(
         "--prometheus-url",
@@ -71,6 +83,28 @@ def settings_from(args: argparse.Namespace) -> Config:
         if not 0 <= args.port <= 65535:
             raise CommandError(f"--port: must be 0..65535, got {args.port}")
         config.extender.port = args.port
+    settings = config.extender
+    if args.metrics_port is not None:
+        if not 0 <= args.metrics_port <= 65535:
+            raise CommandError(f"--metrics-port: must be 0..65535, got {args.metrics_port}")
+        settings.metrics_port = args.metrics_port
+    if args.metrics_host is not None:
+        if settings.metrics_port is None:
+            raise CommandError("--metrics-host: needs --metrics-port (or extender.metricsPort)")
+        settings.metrics_host = args.metrics_host
+    if settings.metrics_host is not None:
+        try:
+            check_listen_host(
+                settings.metrics_host,
+                flag="--metrics-host" if args.metrics_host else "extender.metricsHost",
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+    if settings.metrics_port and settings.metrics_port == settings.port:
+        raise CommandError(
+            f"--metrics-port: {settings.metrics_port} is also the verbs' port (--port); give "
+            "another, or leave it unset to serve /metrics beside the verbs"
+        )
     if args.strategy is not None:
         config.extender.strategy = args.strategy
     if args.bind:
@@ -164,11 +198,13 @@ async def run_server(
     from prometheus_client import CollectorRegistry
 
     from epcsched.build import VERSION, register_build_metrics
-    from epcsched.extender.app import create_app
+    from epcsched.extender.app import create_app, create_metrics_app
 
+    settings = config.extender
     registry = CollectorRegistry()
     register_build_metrics(registry)
-    app = create_app(config, state, registry=registry)
+    separate = settings.metrics_port is not None
+    app = create_app(config, state, registry=registry, metrics_route=not separate)
     if binder is not None:
         from epcsched.extender.bind import install
 
@@ -180,26 +216,33 @@ async def run_server(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
             handled.append(sig)
-    settings = config.extender
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    metrics_runner: web.AppRunner | None = None
     try:
         await runner.setup()
-        try:
-            await web.TCPSite(runner, settings.host, settings.port).start()
-        except OSError as exc:
-            where = f"{settings.host}:{settings.port}"
-            raise CommandError(
-                f"--host/--port: cannot listen on {where}: {exc.strerror or exc}"
-            ) from None
-        port = int(runner.addresses[0][1]) if runner.addresses else settings.port
+        port = await _listen(runner, settings.host, settings.port, "--host/--port")
+        where = f"{settings.host}:{port}"
+        extra = {"version": VERSION, "address": where}
+        metrics = "/metrics beside them"
+        if settings.metrics_port is not None:
+            metrics_runner = web.AppRunner(
+                create_metrics_app(app), access_log=None, handle_signals=False
+            )
+            await metrics_runner.setup()
+            metrics_host = settings.metrics_host or settings.host
+            metrics_port = await _listen(
+                metrics_runner, metrics_host, settings.metrics_port, "--metrics-host/--metrics-port"
+            )
+            extra["metricsAddress"] = f"{metrics_host}:{metrics_port}"
+            metrics = f"/metrics, /healthz and /readyz on {metrics_host}:{metrics_port}"
         log.info(
-            "epcsched %s extender listening on %s:%d (strategy %s%s)",
+            "epcsched %s extender listening on %s (strategy %s%s); %s",
             VERSION,
-            settings.host,
-            port,
+            where,
             settings.strategy,
             ", /bind" if binder is not None else "",
-            extra={"version": VERSION, "address": f"{settings.host}:{port}"},
+            metrics,
+            extra=extra,
         )
         if started is not None and not started.done():
             started.set_result(port)
@@ -208,4 +251,20 @@ async def run_server(
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await runner.cleanup()
+
+
+async def _listen(runner: Any, host: str, port: int, flags: str) -> int:
+    """Start a TCP site for `runner`; the port actually bound."""
+    from aiohttp import web
+
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        raise CommandError(
+            f"{flags}: cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    addresses = [a for a in runner.addresses if isinstance(a, tuple)]
+    return int(addresses[-1][1]) if addresses else port

@@ -71,11 +71,6 @@ class ScoreTables:
             snapshot, request, slots, self.strategy, prefer_non_sgx=self.prefer_non_sgx
         )
 
-    def fits_all(self, snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray) -> bool:
-        """Whether the pod fits every slot (-1, a name that is no node, never fits): what
-        `core.fit.fits_everywhere` answers, read from the table prioritize will read next."""
-        return bool(self._table(snapshot, request).ok[slots].all())
-
     def above_lowest(
         self, snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray
     ) -> tuple[IntArray, IntArray] | None:

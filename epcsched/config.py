@@ -165,6 +165,12 @@ class ExtenderSettings:
     """Serve /metrics (and /healthz, /readyz for probes) on this port, apart from the extender
     verbs, so that a NetworkPolicy can let Prometheus reach the metrics and nothing else. Unset:
     /metrics is served on `port` beside the verbs."""
+    tls_cert: str | None = None
+    """PEM certificate (chain) to serve the verbs over HTTPS; re-read when the file changes."""
+    tls_key: str | None = None
+    """PEM private key of `tlsCert`."""
+    tls_client_ca: str | None = None
+    """PEM CA bundle: with it, clients must present a certificate it signed (mutual TLS)."""
     prefix: str = ""
     """URL prefix before each verb (kube-scheduler posts to urlPrefix + "/" + verb)."""
     strategy: str = field(default="binpack", metadata=_parse(_choice(STRATEGIES)))

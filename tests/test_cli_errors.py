@@ -138,6 +138,10 @@ CASES: list[tuple[str, str, list[str], str] | ParameterSet] = [
     ("extender", "--metrics-port", ["--metrics-port", "metrics"], "--metrics-port"),
     ("extender", "--metrics-port", ["--port", "8889", "--metrics-port", "8889"], "--metrics-port"),
     ("extender", "--metrics-host", ["--metrics-host", "0.0.0.0"], "--metrics-host"),
+    ("extender", "--tls-cert", ["--tls-cert", "{missing}", "--tls-key", "{pod}"], "--tls-cert"),
+    ("extender", "--tls-cert", ["--tls-cert", "{pod}", "--tls-key", "{pod}"], "--tls-cert"),
+    ("extender", "--tls-key", ["--tls-key", "{pod}"], "--tls-key"),
+    ("extender", "--tls-client-ca", ["--tls-client-ca", "{pod}"], "--tls-client-ca"),
     (
         "extender",
         "--metrics-host",

@@ -54,6 +54,17 @@ def register(sub: Any) -> None:
         "(extender.metricsPort; 0: any free port)",
     )
     parser.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve HTTPS with this PEM certificate (extender.tlsCert; re-read when it changes)",
+    )
+    parser.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="require client certificates signed by this PEM CA (mutual TLS; extender.tlsClientCa)",
+    )
+    parser.add_argument(
         "--metrics-host",
         metavar="HOST",
         help="address for --metrics-port (extender.metricsHost; default: --host)",
@@ -100,6 +111,15 @@ def settings_from(args: argparse.Namespace) -> Config:
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+    for name in ("tls_cert", "tls_key", "tls_client_ca"):
+        if getattr(args, name) is not None:
+            setattr(settings, name, getattr(args, name))
+    from epcsched.servingtls import TlsFilesError, check_files
+
+    try:
+        check_files(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    except TlsFilesError as exc:
+        raise CommandError(str(exc)) from None
     if settings.metrics_port and settings.metrics_port == settings.port:
         raise CommandError(
             f"--metrics-port: {settings.metrics_port} is also the verbs' port (--port); give "
@@ -216,13 +236,35 @@ async def run_server(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
             handled.append(sig)
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        from epcsched.servingtls import CertificateFiles, TlsFilesError
+
+        try:
+            tls = CertificateFiles(
+                settings.tls_cert, settings.tls_key, client_ca=settings.tls_client_ca
+            )
+        except TlsFilesError as exc:
+            raise CommandError(f"--tls-cert/--tls-key: {exc}") from None
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     metrics_runner: web.AppRunner | None = None
+    watcher: asyncio.Task[None] | None = None
     try:
         await runner.setup()
-        port = await _listen(runner, settings.host, settings.port, "--host/--port")
+        port = await _listen(
+            runner,
+            settings.host,
+            settings.port,
+            "--host/--port",
+            ssl_context=tls.context if tls is not None else None,
+        )
         where = f"{settings.host}:{port}"
         extra = {"version": VERSION, "address": where}
+        if tls is not None:
+            watcher = asyncio.create_task(tls.watch(), name="tls-files")
+            where = f"https://{where}" + (
+                " (client certificates required)" if settings.tls_client_ca else ""
+            )
         metrics = "/metrics beside them"
         if settings.metrics_port is not None:
             metrics_runner = web.AppRunner(
@@ -251,17 +293,21 @@ async def run_server(
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         if metrics_runner is not None:
             await metrics_runner.cleanup()
         await runner.cleanup()
 
 
-async def _listen(runner: Any, host: str, port: int, flags: str) -> int:
+async def _listen(runner: Any, host: str, port: int, flags: str, *, ssl_context: Any = None) -> int:
     """Start a TCP site for `runner`; the port actually bound."""
     from aiohttp import web
 
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
     except OSError as exc:
         raise CommandError(
             f"{flags}: cannot listen on {host}:{port}: {exc.strerror or exc}"

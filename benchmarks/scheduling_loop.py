@@ -21,11 +21,13 @@ The do-nothing extender (plain aiohttp on uvloop: filter echoes `NodeNames`, pri
 alternate between all four runs (two extenders, two profiles), so a noisy machine slows them
 alike. Per run it reports the loop's pods/s (kube-scheduler's part here, the extender calls and
 the bind: `pods_per_s`, `ratio`) and the extender round trips alone, which the scheduling
-cycle waits for (`extender_*`, `extender_ratio`, `extra_ms_per_pod`). A real kube-scheduler
-adds 2-3 ms of its own work per pod on 2 cores (DESIGN.md section 3), which this loop does not
-have, so both ratios are stricter than kube-scheduler's. Also timed in-process:
-`ExtenderService.filter` and `prioritize` per pod with the previous pod bound into the
-snapshot between pods, the sizes alternating in blocks.
+cycle waits for (`extender_*`, `extender_ratio`, `extra_ms_per_pod`), and the extender
+process's CPU time per pod. A real kube-scheduler 1.35 adds 2-3 ms of its own work per pod over
+1,000 nodes on 2 cores, which this loop does not have, so both ratios are stricter than a real
+scheduler's. `--before DIR` adds, in the base profile, the extender of an older epcsched package
+(e.g. `git archive <commit> epcsched | tar -x -C DIR`), so before and after share one run. Also
+timed in-process: `ExtenderService.filter` and `prioritize` per pod with the previous pod bound
+into the snapshot between pods, the sizes alternating in blocks.
 
 Prints one JSON line. Targets (issue 10): ratio to the do-nothing extender >= 0.95 at 1,000 and
 5,000 nodes; in-process time per pod at 5,000 nodes <= 1.5x that at 1,000.

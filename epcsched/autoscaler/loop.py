@@ -162,7 +162,6 @@ class Autoscaler:
         telemetry: Any = None,
         dry_run: bool = False,
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.config = config
         self.settings = config.autoscaler
@@ -177,11 +176,9 @@ class Autoscaler:
         self.telemetry = telemetry
         self.dry_run = dry_run
         self.clock = clock
-        self.sleep = sleep
         self.pools = {p.name: p for p in self.settings.node_pools}
         self.templates = {p.name: pool_template(p, config) for p in self.settings.node_pools}
         self.state = ControllerState()
-        self.loaded = False
         self.last_decision: Decision | None = None
         self.last_loop: float | None = None
         self.loops = 0

@@ -58,9 +58,14 @@ def test_simulate_writes_results_summary_and_plots(
     summary = (tmp_path / "summary.md").read_text()
     assert "| policy | peak nodes | bound |" in summary
     assert f"| binpack | 4 | {results['lowerBound']['peakNodes']} | holds |" in summary
-    for plot in ("nodes.png", "pending.png", "waits.png"):
+    for plot in ("pending.png", "waits.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({plot})" in summary
+    # Every policy keeps the 4 nodes throughout (no autoscaling): a sentence, not a flat plot.
+    assert not (tmp_path / "nodes.png").exists()
+    assert (
+        "Every policy kept 4 nodes throughout, so there is no plot of nodes over time." in summary
+    )
     out, err = capsys.readouterr()
     assert "binpack" in out and "lower bound" in out
     # stderr is not a terminal here: no progress bar.
@@ -255,7 +260,7 @@ def test_demo_prints_the_table_and_where_the_plots_are(
     out = capsys.readouterr().out
     for policy in ("binpack", "spread", "balanced", "kube-default", "epc-unaware"):
         assert policy in out
-    assert str(tmp_path) in out and "nodes.png" in out
+    assert str(tmp_path) in out and "pending.png" in out
     assert (tmp_path / "results.json").exists()
 
 

@@ -18,6 +18,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from epcsched.simulation.bound import LowerBound
 from epcsched.simulation.deployment import (
@@ -285,8 +287,10 @@ def summary_markdown(
                 f"{_fmt(m['waitP95S'])} | "
                 f"{_fmt(m['epcOvercommitPodSeconds'])} |"
             )
-    if plots:
+    notes = flat_notes(results)
+    if plots or notes:
         lines += ["", "## Plots", ""]
+        lines += notes + ([""] if notes and plots else [])
         lines += [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 
@@ -311,26 +315,70 @@ def deployment_table(results: Sequence[RunResult]) -> str:
     return "\n".join(rows)
 
 
+TABLE_LEGEND = (
+    "peak: most nodes at once; bound: fewest nodes any placement needs with no pod waiting; "
+    "node-h: node-hours; done + never + unfinished = pods submitted (unfinished: started, not "
+    "done at the horizon); p95 wait: seconds from submission to first start; overcommit: "
+    "pod-seconds on nodes past their EPC; EPC util: mean share of EPC requested"
+)
+
+
+def _columns(header: Sequence[str], rows: Sequence[Sequence[str]], first_left: bool) -> str:
+    """Rows under `header`, each column as wide as its widest cell, two spaces apart."""
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.ljust(width) if i == 0 and first_left else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    out = [line(header), "-" * len(line(header))]
+    out += [line(row) for row in rows]
+    return "\n".join(out)
+
+
 def comparison_table(results: Sequence[RunResult], bound: LowerBound) -> str:
-    """A plain-text table of the base runs, for terminals."""
+    """A plain-text table of the base runs, for terminals, with a one-line legend under it."""
     if results and "peakReplicas" in results[0].metrics:
         return deployment_table(results)
     header = (
-        f"{'policy':<20}{'peak':>6}{'bound':>7}{'node-h':>9}{'cost':>9}{'done':>7}"
-        f"{'never':>7}{'p95 wait s':>12}{'overcommit pod-s':>18}{'EPC util':>10}"
+        "policy",
+        "peak",
+        "bound",
+        "node-h",
+        "cost",
+        "done",
+        "never",
+        "unfinished",
+        "p95 wait s",
+        "overcommit pod-s",
+        "EPC util",
     )
-    rows = [header, "-" * len(header)]
+    rows = []
     for r in results:
         if r.variant != "base":
             continue
         m = r.metrics
-        rows.append(
-            f"{r.policy:<20}{m['peakNodes']:>6}{bound.peak_nodes:>7}{m['nodeHours']:>9.2f}"
-            f"{m['cost']:>9.2f}{m['podsCompleted']:>7}{m['podsNeverScheduled']:>7}"
-            f"{m['waitP95S']:>12.1f}{m['epcOvercommitPodSeconds']:>18.1f}"
-            f"{m['meanEpcUtilization']:>10.1%}"
+        unfinished = (
+            int(m["podsSubmitted"]) - int(m["podsCompleted"]) - int(m["podsNeverScheduled"])
         )
-    return "\n".join(rows)
+        rows.append(
+            (
+                r.policy,
+                f"{m['peakNodes']:,}",
+                f"{bound.peak_nodes:,}",
+                f"{m['nodeHours']:,.2f}",
+                f"{m['cost']:,.2f}",
+                f"{m['podsCompleted']:,}",
+                f"{m['podsNeverScheduled']:,}",
+                f"{unfinished:,}",
+                f"{m['waitP95S']:,.1f}",
+                f"{m['epcOvercommitPodSeconds']:,.1f}",
+                f"{m['meanEpcUtilization']:.1%}",
+            )
+        )
+    return _columns(header, rows, first_left=True) + "\n" + TABLE_LEGEND
 
 
 def _bound_label(scenario: Scenario, bound: LowerBound) -> str:
@@ -364,6 +412,7 @@ def _replicas_plot(
         linestyle=":",
         label="fewest that never page",
     )
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("simulated time (h)")
     ax.set_ylabel("replicas")
     ax.set_title(f"{scenario.name}: replicas of {spec.name} over time")
@@ -372,6 +421,72 @@ def _replicas_plot(
     fig.savefig(out / "replicas.png", dpi=100)
     plt.close(fig)
     return "replicas.png"
+
+
+def _flat(series: dict[str, list[int]]) -> bool:
+    """Every policy's line is the same constant: a plot would show one flat line."""
+    values = {v for line in series.values() for v in line}
+    return len(values) <= 1
+
+
+def _dwarfing(series: dict[str, list[int]]) -> str | None:
+    """The policy whose peak is over ten times every other policy's (which are not all zero)."""
+    peaks = sorted(((max(v, default=0), p) for p, v in series.items()), reverse=True)
+    if len(peaks) < 2 or peaks[1][0] <= 0:
+        return None
+    return peaks[0][1] if peaks[0][0] > 10 * peaks[1][0] else None
+
+
+def flat_notes(results: Sequence[RunResult]) -> list[str]:
+    """Sentences for the plots left out because every policy drew the same flat line."""
+    base = [r for r in results if r.variant == "base"]
+    notes = []
+    nodes = {r.policy: r.nodes for r in base}
+    if base and _flat(nodes):
+        count = next((v for line in nodes.values() for v in line), 0)
+        notes.append(
+            f"Every policy kept {count} nodes throughout, so there is no plot of nodes over time."
+        )
+    pending = {r.policy: r.pending for r in base}
+    if base and _flat(pending):
+        count = next((v for line in pending.values() for v in line), 0)
+        what = "No pod was ever pending" if count == 0 else f"{count} pods were pending throughout"
+        notes.append(f"{what} under any policy, so there is no plot of pending pods.")
+    return notes
+
+
+def count_figure(
+    scenario: Scenario, base: Sequence[RunResult], field: str, ylabel: str, bound: LowerBound
+) -> Figure | None:
+    """Nodes or pending pods (`field`) over time, one line per policy, on integer ticks; None
+    when every policy drew the same flat line. A policy whose counts dwarf the others' puts the
+    axis on symlog, so the others do not vanish into the floor."""
+    series = {r.policy: (r.nodes if field == "nodes" else r.pending) for r in base}
+    if _flat(series):
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in base:
+        hours = [t / 3600 for t in r.times]
+        ax.step(hours, series[r.policy], where="post", linestyle=_style(r.policy), label=r.policy)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    dwarfing = _dwarfing(series)
+    if dwarfing is not None:
+        ax.set_yscale("symlog", linthresh=1.0)
+        ylabel = f"{ylabel} (symlog: {dwarfing} dwarfs the others)"
+    if field == "nodes" and scenario.deployment is None:
+        ax.axhline(
+            bound.peak_nodes,
+            color="black",
+            linewidth=0.8,
+            linestyle=":",
+            label=_bound_label(scenario, bound),
+        )
+    ax.set_xlabel("simulated time (h)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{scenario.name}: {ylabel} over time")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
 
 
 def write_plots(
@@ -385,24 +500,9 @@ def write_plots(
         ("nodes.png", "nodes", "nodes (Ready and booting)"),
         ("pending.png", "pending", "pending pods"),
     ):
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        for r in base:
-            values = r.nodes if field == "nodes" else r.pending
-            hours = [t / 3600 for t in r.times]
-            ax.step(hours, values, where="post", linestyle=_style(r.policy), label=r.policy)
-        if field == "nodes" and scenario.deployment is None:
-            ax.axhline(
-                bound.peak_nodes,
-                color="black",
-                linewidth=0.8,
-                linestyle=":",
-                label=_bound_label(scenario, bound),
-            )
-        ax.set_xlabel("simulated time (h)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{scenario.name}: {ylabel} over time")
-        ax.legend(fontsize="small")
-        fig.tight_layout()
+        fig = count_figure(scenario, base, field, ylabel, bound)
+        if fig is None:
+            continue  # every policy drew the same flat line: summary.md says so (flat_notes)
         fig.savefig(out / name, dpi=100)
         plt.close(fig)
         written.append(name)

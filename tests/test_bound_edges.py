@@ -185,3 +185,56 @@ def test_the_bound_is_the_brute_force_peak_on_boundary_workloads(
     assert (bound.peak_nodes, bound.method) == (peak, "milp")
     assert bound.node_hours == pytest.approx(seconds / 3600)
     assert bound.per_pool["p"].pods_excluded == sum(1 for _, _, e in jobs if e > CAP)
+
+
+def test_a_moment_proven_cheaply_does_not_end_the_proof(tmp_path: Path) -> None:
+    # At t=0, 24 pods of 1 GiB fill 3 nodes exactly (L2 = first-fit = 3); at t=200, 7 pods of
+    # 34 % need 4 nodes (no node holds three) though L2 says 3. The proof visits t=0 first (its
+    # ceiling, min(24, 2 * 3 + 1) = 7, is higher than t=200's min(7, 2 * 2.38 + 1) = 5), finds
+    # nothing above 3 there, and must go on to t=200.
+    jobs = [(0, 100, 1024, 1, 1)] * 24 + [(200, 100, 2785, 1, 1)] * 7
+    scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=4)])
+    bound = lower_bound(scenario, workload)
+    assert (bound.peak_nodes, bound.method, bound.per_pool["p"].at_s) == (4, "milp", 200)
+
+
+def test_pods_after_the_horizon_and_pools_without_epc(tmp_path: Path) -> None:
+    # Horizon 1h; a 3/4-node pod at 0 s, another at 4000 s (after the horizon: not counted).
+    plain = {
+        "name": "plain",
+        "template": {"resources": {"cpu": "4", "memory": "16Gi", "pods": "110"}},
+        "initialSize": 0,
+        "minSize": 0,
+        "maxSize": 3,
+    }
+    jobs = [(0, 100, 6144, 1, 1), (30, 100, 6144, 1, 1), (4000, 100, 6144, 1, 1)]
+    scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=2), plain], horizon="1h")
+    bound = lower_bound(scenario, workload)
+    assert (bound.peak_nodes, bound.method) == (2, "milp")
+    # A template without EPC holds no enclave: no nodes, every pod excluded, nothing to prove.
+    assert bound.per_pool["plain"].to_json() == {
+        "peakNodes": 0,
+        "method": "milp",
+        "atS": 0.0,
+        "podsExcluded": 2,
+    }
+    assert bound.per_pool["p"].to_json() == {
+        "peakNodes": 2,
+        "method": "milp",
+        "atS": 30.0,
+        "podsExcluded": 0,
+    }
+    assert bound.to_json() == {
+        "peakNodes": 2,
+        "method": "milp",
+        "perPool": {
+            "p": bound.per_pool["p"].to_json(),
+            "plain": bound.per_pool["plain"].to_json(),
+        },
+    }
+    # One pool: no per-pool breakdown. A moment is reported to the millisecond.
+    jobs = [(0.1234, 100, 6144, 1, 1), (30.0006, 100, 6144, 1, 1)]
+    scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=2)])
+    bound = lower_bound(scenario, workload)
+    assert bound.to_json() == {"peakNodes": 2, "method": "milp"}
+    assert bound.per_pool["p"].to_json()["atS"] == 30.001

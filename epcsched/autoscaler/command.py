@@ -11,6 +11,8 @@ from typing import Any
 from epcsched import logs
 from epcsched.cli import CommandError
 from epcsched.config import PROVIDERS, Config, load_config
+from epcsched.kube.client import add_api_arguments
+from epcsched.netutil import check_listen_host
 
 
 def register(sub: Any) -> None:
@@ -34,7 +36,6 @@ def register(sub: Any) -> None:
         metavar="FILE",
         help="the API server in this kubeconfig (default in a pod: its service account)",
     )
-    parser.add_argument("--context", metavar="NAME", help="kubeconfig context to use")
     parser.add_argument("--once", action="store_true", help="run one loop and exit")
     parser.add_argument(
         "--dry-run",
@@ -63,6 +64,7 @@ def register(sub: Any) -> None:
         "--lease-duration", type=float, default=15.0, help="Lease duration in seconds"
     )
     logs.add_arguments(parser)
+    add_api_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -129,6 +131,10 @@ def check_pools(config: Config) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = settings_from(args)
+    try:
+        check_listen_host(args.host)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     if not 0 <= args.port <= 65535:
         raise CommandError(f"--port: must be 0..65535, got {args.port}")
     if args.lease_duration <= 0:
@@ -143,14 +149,14 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(
             "--once: acting needs the Lease held over time; use --once --dry-run, or no --once"
         )
-    from epcsched.kube.client import KubeConfigError, in_cluster, load_configuration
+    from epcsched.kube.client import KubeConfigError, in_cluster, load_from_args
 
     if not args.kubeconfig and not in_cluster():
         raise CommandError(
             "--snapshot or --kubeconfig: give cluster snapshot files or an API server"
         )
     try:
-        configuration = asyncio.run(load_configuration(args.kubeconfig, context=args.context))
+        configuration = asyncio.run(load_from_args(args))
     except KubeConfigError as exc:
         raise CommandError(f"--kubeconfig: {exc}") from None
     from epcsched.autoscaler import runtime

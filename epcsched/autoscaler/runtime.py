@@ -244,9 +244,13 @@ async def controller(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
             handled.append(sig)
+    from epcsched.build import register_build_metrics
+    from epcsched.kube.client import api_client
+
     registry = CollectorRegistry()
+    register_build_metrics(registry)
     state = InformerState(configuration, config)
-    api = client.ApiClient(configuration)
+    api = api_client(configuration)
     telemetry = None
     if config.prometheus.url:
         from epcsched.telemetry.poller import Telemetry

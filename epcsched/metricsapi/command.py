@@ -22,6 +22,7 @@ from typing import Any
 from epcsched import logs
 from epcsched.cli import CommandError
 from epcsched.config import Config, load_config
+from epcsched.netutil import check_listen_host
 
 log = logging.getLogger("epcsched.metricsapi")
 
@@ -63,6 +64,10 @@ def settings_from(args: argparse.Namespace) -> Config:
     config = load_config(args.config)
     settings = config.metrics_api
     if args.host is not None:
+        try:
+            check_listen_host(args.host)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
         settings.host = args.host
     if args.port is not None:
         if not 0 <= args.port <= 65535:
@@ -111,10 +116,6 @@ def serving_tls(config: Config) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    level = logging.getLevelName(args.log_level.upper())
-    if not isinstance(level, int):
-        raise CommandError(f"--log-level: unknown level {args.log_level!r}")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = settings_from(args)
     from epcsched.kube.client import KubeConfigError, in_cluster, load_configuration
 
@@ -125,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     except KubeConfigError as exc:
         raise CommandError(f"--kubeconfig: {exc}") from None
     tls = serving_tls(config)
+    logs.log_start("metrics-api", "epcsched.metricsapi")
     try:
         import uvloop
 

@@ -162,8 +162,18 @@ def git(*args: str) -> str:
     ).stdout.strip()
 
 
-def snapshot(dest: Path) -> dict[str, Any]:
-    """Copy the package, the tests and pyproject.toml as they are in the work tree."""
+def snapshot(dest: Path, ref: str | None) -> dict[str, Any]:
+    """Copy the package, the tests and pyproject.toml as they are in the work tree (or, with
+    `ref`, as they were at that commit: how the "before" figures are measured)."""
+    if ref is not None:
+        archive = subprocess.run(
+            ["git", "archive", ref, "epcsched", "tests", "pyproject.toml"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        return {"commit": git("rev-parse", ref), "dirty": []}
     listed = git(
         "ls-files", "-c", "-o", "--exclude-standard", "epcsched", "tests", "pyproject.toml"
     )
@@ -370,6 +380,10 @@ def seeds(target: Target, args: argparse.Namespace, base: Path) -> None:
     shutil.copytree(base / "snapshot", work)
     stored = json.loads((OUT / "results" / f"{slug(target.path)}.json").read_text())
     killed = tuple(m["name"] for m in stored["mutants"] if m["status"] == "killed")
+    if args.sample and len(killed) > args.sample:
+        # An even spread over the file (mutants are numbered in source order), not the first N.
+        step = len(killed) / args.sample
+        killed = tuple(killed[int(i * step)] for i in range(args.sample))
     started = time.monotonic()
     ci, _, _ = run_mutmut(
         work, target, tests=target.properties, workers=args.workers, profile="ci", names=killed
@@ -399,6 +413,7 @@ def seeds(target: Target, args: argparse.Namespace, base: Path) -> None:
                 "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                 "commit": git("rev-parse", "HEAD"),
                 "seconds": round(time.monotonic() - started, 1),
+                "sampled": len(killed),
                 "caught_under_ci": caught,
                 "missed_by_seed": by_seed,
             },
@@ -471,8 +486,9 @@ def report() -> None:
         missed = data["missed_by_seed"]
         ever = sorted({n for names in missed.values() for n in names})
         seed_lines.append(
-            f"- `{target.path}`: the properties alone catch {len(data['caught_under_ci'])} "
-            f"mutants under `ci`; under {len(missed)} seeds each, "
+            f"- `{target.path}`: of {data.get('sampled', '?')} killed mutants (an even sample),"
+            f" the properties alone catch {len(data['caught_under_ci'])} under `ci`; under "
+            f"{len(missed)} seeds each, "
             f"{len(data['caught_under_ci']) - len(ever)} are caught on every seed"
             + (f", missed on some seed: {', '.join(f'`{n}`' for n in ever)}" if ever else "")
             + f" ({data['date']}, {data['commit'][:10]}, {data['seconds'] / 60:.0f} min)."
@@ -490,7 +506,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mut-work"))
     parser.add_argument("--baseline", action="store_true", help="store as the 'before' figures")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--ref", help="measure the code and tests of this commit, not the tree")
     parser.add_argument("--seeds", type=int, default=0, help="measure properties under N seeds")
+    parser.add_argument(
+        "--sample", type=int, default=0, help="with --seeds: at most this many killed mutants"
+    )
     args = parser.parse_args()
     targets = [t for t in TARGETS if not args.only or any(t.path.endswith(s) for s in args.only)]
     if not targets:
@@ -499,7 +519,7 @@ def main() -> None:
         base = args.workdir
         shutil.rmtree(base / "snapshot", ignore_errors=True)
         (base / "snapshot").mkdir(parents=True)
-        meta = snapshot(base / "snapshot")
+        meta = snapshot(base / "snapshot", args.ref)
         for target in targets:
             if args.seeds:
                 if target.properties:

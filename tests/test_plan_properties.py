@@ -411,7 +411,7 @@ def pools_by_name(cluster: Cluster) -> dict[str, PoolState]:
     return {p.name: p for p in cluster.pools}
 
 
-@settings(max_examples=500, deadline=None, derandomize=True)
+@settings(max_examples=500, deadline=None)
 @given(clusters(), POLICIES)
 def test_plans_obey_the_rules_sizes_and_drains(cluster: Cluster, policy: PlanPolicy) -> None:
     result = run_plan(cluster, policy)
@@ -432,7 +432,7 @@ def test_plans_obey_the_rules_sizes_and_drains(cluster: Cluster, policy: PlanPol
     assert all(u.reason for u in result.unschedulable)
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
+@settings(max_examples=300, deadline=None)
 @given(clusters(drains=True), POLICIES)
 def test_removed_nodes_pods_fit_on_the_nodes_that_remain(
     cluster: Cluster, policy: PlanPolicy
@@ -445,7 +445,7 @@ def test_removed_nodes_pods_fit_on_the_nodes_that_remain(
     _check_sizes(cluster, result)
 
 
-@settings(max_examples=200, deadline=None, derandomize=True)
+@settings(max_examples=200, deadline=None)
 @given(clusters(), POLICIES, st.randoms(use_true_random=False))
 def test_the_same_cluster_in_another_order_gives_the_same_plan(
     cluster: Cluster, policy: PlanPolicy, order: random.Random

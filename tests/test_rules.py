@@ -300,7 +300,7 @@ CONSTRAINTS = st.builds(
 )
 
 
-@settings(max_examples=150, deadline=None, derandomize=True)
+@settings(max_examples=150, deadline=None)
 @given(
     st.lists(st.tuples(LABELS, TAINTS, st.booleans(), st.booleans()), min_size=1, max_size=8),
     st.lists(CONSTRAINTS, min_size=1, max_size=3),

@@ -91,7 +91,12 @@ TARGETS = (
     ),
     Target(
         "epcsched/core/rules.py",
-        ("tests/test_rules.py", "tests/test_fit_score.py", "tests/test_fit_edges.py"),
+        (
+            "tests/test_rules.py",
+            "tests/test_rules_edges.py",
+            "tests/test_fit_score.py",
+            "tests/test_fit_edges.py",
+        ),
     ),
     Target(
         "epcsched/core/placement.py",

@@ -257,13 +257,34 @@ def function_of(name: str) -> str:
 JOIN = " ⏎ "
 
 
-def diff_of(work: Path, name: str) -> tuple[str, str]:
+# Run inside the work directory: mutmut reads its configuration and mutants from the cwd.
+_DIFFS = """
+import json, sys
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+path, names = sys.argv[1], json.loads(sys.stdin.read())
+print(json.dumps({name: get_diff_for_mutant(name, path=path) for name in names}))
+"""
+
+
+def diffs_of(work: Path, path: str, names: list[str]) -> dict[str, tuple[str, str]]:
+    """Each mutant's changed lines (before, after), in one process for all of them."""
+    if not names:
+        return {}
     shown = subprocess.run(
-        [str(MUTMUT), "show", name], cwd=work, capture_output=True, text=True, check=False
-    ).stdout.splitlines()
-    before = [ln[1:].strip() for ln in shown if ln.startswith("-") and not ln.startswith("---")]
-    after = [ln[1:].strip() for ln in shown if ln.startswith("+") and not ln.startswith("+++")]
-    return JOIN.join(before), JOIN.join(after)
+        [sys.executable, "-c", _DIFFS, path],
+        cwd=work,
+        input=json.dumps(names),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    out = {}
+    for name, diff in json.loads(shown).items():
+        lines = diff.splitlines()
+        before = [ln[1:].strip() for ln in lines if ln.startswith("-") and not ln.startswith("---")]
+        after = [ln[1:].strip() for ln in lines if ln.startswith("+") and not ln.startswith("+++")]
+        out[name] = (JOIN.join(before), JOIN.join(after))
+    return out
 
 
 def line_of(source: list[str], function: str, before: str) -> int | None:
@@ -310,12 +331,14 @@ def measure(target: Target, args: argparse.Namespace, base: Path, meta: dict[str
         work, target, tests=target.tests, workers=args.workers, profile="ci"
     )
     source = (work / target.path).read_text().splitlines()
+    alive = [name for name, code in codes.items() if status_of(code) != "killed"]
+    diffs = diffs_of(work, target.path, alive)
     mutants = []
     for name, code in sorted(codes.items(), key=lambda item: natural(item[0])):
         status = status_of(code)
         entry: dict[str, Any] = {"name": name, "function": function_of(name), "status": status}
         if status != "killed":
-            entry["before"], entry["after"] = diff_of(work, name)
+            entry["before"], entry["after"] = diffs[name]
             entry["line"] = line_of(source, entry["function"], entry["before"])
         mutants.append(entry)
     result = {

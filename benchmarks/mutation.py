@@ -324,8 +324,9 @@ def reason_for(
 
 def measure(target: Target, args: argparse.Namespace, base: Path, meta: dict[str, Any]) -> None:
     work = base / slug(target.path)
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(base / "snapshot", work)
+    if not (args.resume and (work / "mutants").exists()):
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(base / "snapshot", work)
     print(f"{target.path}: mutating in {work}", flush=True)
     codes, seconds, tests = run_mutmut(
         work, target, tests=target.tests, workers=args.workers, profile="ci"
@@ -534,6 +535,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mut-work"))
     parser.add_argument("--baseline", action="store_true", help="store as the 'before' figures")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--resume", action="store_true", help="go on with an interrupted run in --workdir"
+    )
     parser.add_argument("--ref", help="measure the code and tests of this commit, not the tree")
     parser.add_argument("--seeds", type=int, default=0, help="measure properties under N seeds")
     parser.add_argument(
@@ -545,9 +549,13 @@ def main() -> None:
         parser.error(f"--only {' '.join(args.only)}: no target ends with that")
     if not args.report_only:
         base = args.workdir
-        shutil.rmtree(base / "snapshot", ignore_errors=True)
-        (base / "snapshot").mkdir(parents=True)
-        meta = snapshot(base / "snapshot", args.ref)
+        if args.resume and (base / "snapshot.json").exists():
+            meta = json.loads((base / "snapshot.json").read_text())
+        else:
+            shutil.rmtree(base / "snapshot", ignore_errors=True)
+            (base / "snapshot").mkdir(parents=True)
+            meta = snapshot(base / "snapshot", args.ref)
+            (base / "snapshot.json").write_text(json.dumps(meta))
         for target in targets:
             if args.seeds:
                 if target.properties:

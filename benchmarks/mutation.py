@@ -87,6 +87,8 @@ TARGETS = (
             "tests/test_extender_names.py",
             "tests/test_extender_fuzz.py",
             "tests/test_extender_http.py",
+            "tests/test_extender_preempt.py",
+            "tests/test_bind.py",
         ),
     ),
     Target(
@@ -464,8 +466,8 @@ def report() -> None:
         "methods (not module constants, class bodies or decorated functions other than",
         "static/class methods).",
         "",
-        "| file | mutants | killed | equivalent | survived | survivors % | score before "
-        "| score now | run time | measured at |",
+        "| file | mutants | equivalent | before: survived (score) | now: killed | now: survived "
+        "| now: survivors % | now: score | run time now (before) | measured now; before |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     details = []
@@ -474,22 +476,31 @@ def report() -> None:
         name = slug(target.path)
         now_path = OUT / "results" / f"{name}.json"
         before_path = OUT / "baseline" / f"{name}.json"
-        before = ""
+        before = before_time = before_at = ""
+        old: dict[str, Any] | None = None
         if before_path.exists():
-            old = summarise(json.loads(before_path.read_text()), equivalents)
-            before = f"{old['score']:.1f} %"
+            base_result = json.loads(before_path.read_text())
+            old = summarise(base_result, equivalents)
+            before = f"{old['survived']} ({old['score']:.1f} %)"
+            before_time = f"{base_result['seconds']:.0f} s"
+            before_at = f"{base_result['date']}, {base_result['commit'][:10]}"
         if not now_path.exists():
-            lines.append(f"| `{target.path}` | not run | | | | | {before} | | | |")
+            total = f"{old['total']}" if old else "not run"
+            equivalent = f"{old['equivalent']}" if old else ""
+            lines.append(
+                f"| `{target.path}` | {total} | {equivalent} | {before or 'not run'} | not run "
+                f"| | | | ({before_time}) | ; {before_at} |"
+            )
             continue
         result = json.loads(now_path.read_text())
         counts = summarise(result, equivalents)
         total_seconds += result["seconds"]
-        dirty = " (+ uncommitted changes)" if result["dirty"] else ""
+        dirty = " + uncommitted" if result["dirty"] else ""
         lines.append(
-            f"| `{target.path}` | {counts['total']} | {counts['killed']} | "
-            f"{counts['equivalent']} | {counts['survived']} | {counts['rate']:.1f} % | {before} | "
-            f"{counts['score']:.1f} % | {result['seconds']:.0f} s | {result['date']}, "
-            f"{result['commit'][:10]}{dirty} |"
+            f"| `{target.path}` | {counts['total']} | {counts['equivalent']} | "
+            f"{before or 'not run'} | {counts['killed']} | {counts['survived']} | "
+            f"{counts['rate']:.1f} % | {counts['score']:.1f} % | {result['seconds']:.0f} s "
+            f"({before_time}) | {result['date']}, {result['commit'][:10]}{dirty}; {before_at} |"
         )
         if counts["survivors"]:
             details.append(f"### `{target.path}`")

@@ -1,0 +1,65 @@
+"""The wire format's fast reading at its edges, and the errors it gives, worked out by hand.
+
+Protects: the trailing `NodeNames` slice is taken with or without whitespace around the colon
+(compact bodies too), and never when the key is not followed by a colon and an array; a body
+that breaks JSON around the key is refused, not sliced; a full-nodes item without a name, or
+one that does not decode, is refused with the decoder's own words.
+"""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+
+from epcsched.extender import wire
+from epcsched.quantity import DEFAULT_EPC_RESOURCES
+from tests.helpers import node, pod
+
+POD = json.dumps(pod("p", "16Mi"), separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize(
+    "names",
+    [b'"NodeNames":["a","b"]', b'"NodeNames" :["a","b"]', b'"NodeNames": \n ["a","b"]'],
+)
+def test_the_tail_is_sliced_whatever_the_spacing(names: bytes) -> None:
+    body = b'{"Pod":' + POD + b',"Nodes":null,' + names + b"}"
+    args = wire.split_args(body)
+    assert args.names_from_tail
+    assert args.node_names_raw == b'["a","b"]'
+    assert msgspec.json.decode(args.pod_raw) == pod("p", "16Mi")
+
+
+def test_a_key_without_a_colon_is_malformed_not_sliced() -> None:
+    body = b'{"Pod":' + POD + b',"NodeNames" [["a"]]}'
+    with pytest.raises(wire.BadRequest, match=r"^malformed JSON"):
+        wire.split_args(body)
+
+
+def test_a_names_value_that_is_not_an_array_takes_the_full_reading() -> None:
+    # The body still ends in `]}` (another key's array), but NodeNames is a string: the full
+    # decode reads it as it is, and the service's own decoder refuses it later.
+    body = b'{"Pod":' + POD + b',"NodeNames":"x","y":[1]}'
+    args = wire.split_args(body)
+    assert not args.names_from_tail
+    assert args.node_names_raw == b'"x"'
+    with pytest.raises(wire.BadRequest, match=r"^NodeNames: Expected `array \| null`, got `str`$"):
+        wire.decode_node_names(args.node_names_raw)
+
+
+def test_full_nodes_items_without_a_name_or_that_do_not_decode() -> None:
+    with pytest.raises(wire.BadRequest, match=r"^Nodes: items\[0\] has no metadata.name$"):
+        wire.decode_nodes(b'{"items":[{}]}')
+    with pytest.raises(wire.BadRequest, match=r"^Nodes: items\[1\] has no metadata.name$"):
+        wire.decode_nodes(b'{"items":[{"metadata":{"name":"a"}},{"metadata":{}}]}')
+    with pytest.raises(
+        wire.BadRequest, match=r"^Nodes: Expected `array \| null`, got `str` - at `\$.items`$"
+    ):
+        wire.decode_nodes(b'{"items":"a"}')
+    bad = node("b", "1Gi")
+    bad["status"]["allocatable"]["sgx.intel.com/epc"] = "lots"
+    raw = json.dumps(bad).encode()
+    with pytest.raises(wire.BadRequest, match=r"^Nodes: items\[3\]: .*lots"):
+        wire.decode_node(raw, 3, DEFAULT_EPC_RESOURCES)

@@ -212,6 +212,7 @@ def test_pods_after_the_horizon_and_pools_without_epc(tmp_path: Path) -> None:
     bound = lower_bound(scenario, workload)
     assert (bound.peak_nodes, bound.method) == (2, "milp")
     # A template without EPC holds no enclave: no nodes, every pod excluded, nothing to prove.
+    assert (bound.per_pool["plain"].pool, bound.per_pool["plain"].capacity) == ("plain", 0)
     assert bound.per_pool["plain"].to_json() == {
         "peakNodes": 0,
         "method": "milp",
@@ -238,3 +239,25 @@ def test_pods_after_the_horizon_and_pools_without_epc(tmp_path: Path) -> None:
     bound = lower_bound(scenario, workload)
     assert bound.to_json() == {"peakNodes": 2, "method": "milp"}
     assert bound.per_pool["p"].to_json()["atS"] == 30.001
+
+
+def test_exact_bins_with_room_to_spare() -> None:
+    # Three 1 MiB items in one bin, whatever upper bound the caller offers.
+    for upper in (1, 2, 3, 4):
+        assert exact_bins(arr(1, 1, 1), CAP, upper=upper, time_limit=10) == 1
+    assert exact_bins(arr(4096, 4096, 4096), CAP, upper=3, time_limit=10) == 2
+
+
+def test_a_single_pod_needs_one_node(tmp_path: Path) -> None:
+    scenario, workload = trace_scenario(tmp_path, [(0, 100, 1024, 1, 1)], pools=[pool(size=1)])
+    bound = lower_bound(scenario, workload)
+    assert (bound.peak_nodes, bound.method) == (1, "milp")
+    assert (bound.per_pool["p"].pool, bound.per_pool["p"].capacity) == ("p", 8 * 2**30)
+
+
+def test_the_l2_fallback_still_finds_the_peak_moment(tmp_path: Path) -> None:
+    # t=0: 10 pods of 34 % (L2 4); t=200: 90 such pods (L2 31, first-fit 45, beyond the MILP).
+    jobs = [(0, 100, 2785, 1, 1)] * 10 + [(200, 100, 2785, 1, 1)] * 90
+    scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=4)])
+    bound = lower_bound(scenario, workload)
+    assert (bound.peak_nodes, bound.method, bound.per_pool["p"].at_s) == (31, "l2", 200)

@@ -287,12 +287,17 @@ async def test_a_burst_is_one_decision_then_the_pool_grows_and_shrinks_back(
         await until(lambda: node_names(server) == [], 20, "the pool to shrink back")
         removals = [c for c in provider.calls if c[0].startswith("remove_node")]
         assert [c[1] for c in removals] == [1, 0]
-        removed = [
-            e["involvedObject"]["name"]
-            for e in pod_events(server, "ScaleDown")
-            if e["message"].startswith("node removed by epcsched")
-        ]
-        assert sorted(removed) == ["sgx-sim-00000", "sgx-sim-00001"]
+
+        def removed() -> list[str]:
+            return sorted(
+                e["involvedObject"]["name"]
+                for e in pod_events(server, "ScaleDown")
+                if e["message"].startswith("node removed by epcsched")
+            )
+
+        # The Event follows the provider's removal of the node by a moment.
+        await until(lambda: len(removed()) == 2, 5, "the second ScaleDown Event")
+        assert removed() == ["sgx-sim-00000", "sgx-sim-00001"]
         assert status(server)["pools"]["sgx"]["target"] == 0
         # What an operator's Prometheus and probes see.
         async with aiohttp.ClientSession() as http:

@@ -123,7 +123,7 @@ def seed(api: FakeApiServer, replicas: int, nodes: dict[str, str | None]) -> Non
         api.store.load(MACHINE, machine(name, "md-dcsv3", node))
 
 
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+async def until(check: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not check():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"

@@ -260,15 +260,18 @@ def _pool_bound(
     return PoolBound(name, capacity, best, "milp" if proven else "l2", best_at, excluded)
 
 
-def lower_bound(scenario: Scenario, workload: Workload) -> LowerBound:
-    """The bound of the module docstring for `workload` on `scenario`'s pool templates."""
+def lower_bound(
+    scenario: Scenario, workload: Workload, *, budget: float = EXACT_BUDGET_S
+) -> LowerBound:
+    """The bound of the module docstring for `workload` on `scenario`'s pool templates;
+    `budget` is the wall-clock seconds allowed for proving it exact."""
     within = workload.submit <= scenario.horizon
     submit = workload.submit[within]
     end = submit + workload.duration[within]
     epc = workload.epc[within]
     enclaves = epc > 0
     submit, end, epc = submit[enclaves], end[enclaves], epc[enclaves]
-    deadline = time.monotonic() + EXACT_BUDGET_S
+    deadline = time.monotonic() + budget
     per_pool: dict[str, PoolBound] = {}
     for pool in scenario.pools:
         allocatable = pool.template.epc_allocatable.get(scenario.epc_resource, 0)

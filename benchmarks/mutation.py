@@ -197,6 +197,11 @@ def snapshot(dest: Path, ref: str | None) -> dict[str, Any]:
 
 
 def mutmut_config(target: Target, tests: tuple[str, ...], extra: tuple[str, ...]) -> str:
+    # Workers fork from mutmut's main process, after the clean run. A module-level cache in
+    # the code under test that the clean run filled would hide a mutant behind its hits (the
+    # request cache in objects.py that was uncommitted on 2026-12-01 was one: measure commits,
+    # not the work tree). mutmut's forkserver isolation avoids that, but here it ran about ten
+    # times slower and timed mutants out.
     lines = ["[mutmut]", "source_paths=epcsched/", f"only_mutate={target.path}"]
     lines.append("pytest_add_cli_args_test_selection=")
     lines += [f"    {test}" for test in tests]
@@ -549,7 +554,15 @@ def main() -> None:
     parser.add_argument(
         "--resume", action="store_true", help="go on with an interrupted run in --workdir"
     )
-    parser.add_argument("--ref", help="measure the code and tests of this commit, not the tree")
+    parser.add_argument(
+        "--ref",
+        default="HEAD",
+        help="measure the code and tests of this commit (default HEAD; other agents' uncommitted "
+        "work stays out)",
+    )
+    parser.add_argument(
+        "--worktree", action="store_true", help="measure the work tree as it is instead of --ref"
+    )
     parser.add_argument("--seeds", type=int, default=0, help="measure properties under N seeds")
     parser.add_argument(
         "--sample", type=int, default=0, help="with --seeds: at most this many killed mutants"
@@ -565,7 +578,7 @@ def main() -> None:
         else:
             shutil.rmtree(base / "snapshot", ignore_errors=True)
             (base / "snapshot").mkdir(parents=True)
-            meta = snapshot(base / "snapshot", args.ref)
+            meta = snapshot(base / "snapshot", None if args.worktree else args.ref)
             (base / "snapshot.json").write_text(json.dumps(meta))
         for target in targets:
             if args.seeds:

@@ -204,6 +204,10 @@ CASES: list[tuple[str, str, list[str], str] | ParameterSet] = [
     # metrics-api
     ("metrics-api", "--config", ["--config", "{missing}"], "missing.yaml"),
     ("metrics-api", "--kubeconfig", ["--kubeconfig", "{missing}"], "--kubeconfig"),
+    ("metrics-api", "--context", ["--context", "nowhere"], "--kubeconfig"),
+    ("metrics-api", "--kube-api-qps", ["--kube-api-qps", "0"], "--kube-api-qps"),
+    ("metrics-api", "--kube-api-qps", ["--kube-api-qps", "inf"], "--kube-api-qps"),
+    ("metrics-api", "--kube-api-burst", ["--kube-api-burst", "0"], "--kube-api-burst"),
     ("metrics-api", "--prometheus-url", ["--prometheus-url", "ftp://x"], "--prometheus-url"),
     ("metrics-api", "--host", ["--host", "notahost"], "--host"),
     ("metrics-api", "--port", ["--port", "70000"], "--port"),

@@ -265,6 +265,8 @@ class System:
     server_cert: Path
     pki: Path
     front_proxy_ca: Issuer
+    configuration: Any
+    """The API server configuration the metrics API was given."""
 
     def client_tls(self, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.server_cert))
@@ -293,9 +295,15 @@ def metrics_config(prometheus_url: str) -> Config:
 
 
 async def start_system(
-    tmp_path: Path, prometheus_url: str, *, grants: list[Grant] | None = None
+    tmp_path: Path,
+    prometheus_url: str,
+    *,
+    grants: list[Grant] | None = None,
+    qps: float | None = None,
+    burst: int | None = None,
 ) -> AsyncIterator[System]:
-    """Start the fake API server (seeded) and `serve()`; yields once /readyz says ready."""
+    """Start the fake API server (seeded) and `serve()`; yields once /readyz says ready. With
+    `qps`, its clients share that rate limit (`--kube-api-qps`, `--kube-api-burst`)."""
     api = FakeApiServer()
     for name in NODES:
         api.store.load(BY_KIND["Node"], node_object(name))
@@ -321,7 +329,9 @@ async def start_system(
         ]
     )
     await api.start()
-    configuration = await load_configuration(api.write_kubeconfig(tmp_path / "kubeconfig"))
+    configuration = await load_configuration(
+        api.write_kubeconfig(tmp_path / "kubeconfig"), qps=qps, burst=burst
+    )
     cert, key = self_signed(tmp_path, ["127.0.0.1"])
     stop = asyncio.Event()
     started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -337,7 +347,9 @@ async def start_system(
     )
     try:
         port = await asyncio.wait_for(asyncio.shield(started), 20)
-        system = System(f"https://127.0.0.1:{port}", api, cert, tmp_path / "pki", front_proxy_ca)
+        system = System(
+            f"https://127.0.0.1:{port}", api, cert, tmp_path / "pki", front_proxy_ca, configuration
+        )
         context = system.client_tls()
         async with aiohttp.ClientSession() as session:
             for _ in range(200):

@@ -8,7 +8,10 @@ documents of `wire.py`; every failure is a `Status`: 400 for a bad selector, 401
 refusal (each logged with the peer, the path and the reason), 404 for an unknown metric or pod,
 405 for a method other than GET, 503 while Prometheus or the API server cannot answer or the pod
 cache has not synced. `/healthz`, `/livez` and `/readyz` are for the kubelet and need no
-credentials, as in kube's aggregated servers.
+credentials, as in kube's aggregated servers. `/metrics` (the server's own Prometheus metrics)
+is authenticated and authorised like any other path, as k8s.io/apiserver's delegated
+authorisation leaves only the health paths open: Prometheus scrapes it with its ServiceAccount
+token, which RBAC must allow `get` on the non-resource URL `/metrics`.
 
 Background work runs in `cleanup_ctx`: the informers, and a loop that reads the front-proxy
 ConfigMap at start and again every minute, trusting its CA for new connections.
@@ -24,7 +27,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from epcsched.build import register_build_metrics
 from epcsched.config import Config, MetricsApiSettings
 from epcsched.metricsapi import wire
 from epcsched.metricsapi.auth import (
@@ -37,6 +42,7 @@ from epcsched.metricsapi.auth import (
     front_proxy_user,
 )
 from epcsched.metricsapi.index import ClusterIndex
+from epcsched.metricsapi.metrics import METRICS_PATH, ApiMetrics
 from epcsched.metricsapi.prometheus import PrometheusSource, Query, SourceError
 from epcsched.metricsapi.selectors import EVERYTHING, SelectorError, parse_selector
 from epcsched.metricsapi.source import MetricsSource
@@ -78,6 +84,7 @@ SOURCE: web.AppKey[MetricsSource] = web.AppKey("source")
 REVIEWER = web.AppKey("reviewer", Reviewer)
 DOOR = web.AppKey("door", FrontDoor)
 POOLS = web.AppKey("pools", tuple[PoolEntry, ...])
+METRICS = web.AppKey("metrics", ApiMetrics)
 
 
 def pools_of(config: Config) -> tuple[PoolEntry, ...]:
@@ -133,7 +140,18 @@ async def _authenticate(request: web.Request) -> User:
 
 
 async def _serve(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
     route = wire.route(request.path)
+    code = 500
+    try:
+        response = await _answer(request, route)
+        code = response.status
+        return response
+    finally:
+        request.app[METRICS].request(route, code, time.perf_counter() - started)
+
+
+async def _answer(request: web.Request, route: wire.Route) -> web.StreamResponse:
     verb = _VERBS.get(request.method, request.method.lower())
     try:
         user = await _authenticate(request)
@@ -153,6 +171,8 @@ async def _serve(request: web.Request) -> web.StreamResponse:
         return _failure(refusal.code, refusal.message)
     if request.method not in ("GET", "HEAD"):
         return _failure(405, "the server does not allow this method on the requested resource")
+    if request.path == METRICS_PATH:
+        return _own_metrics(request)
     try:
         if route.kind == "discovery":
             body = wire.discovery(request.path)
@@ -263,6 +283,12 @@ async def _external_metrics(request: web.Request, route: wire.Route, user: User)
     )
 
 
+def _own_metrics(request: web.Request) -> web.Response:
+    response = web.Response(body=generate_latest(request.app[METRICS].registry))
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return response
+
+
 async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
@@ -353,8 +379,15 @@ def create_app(
     reviewer: Reviewer,
     *,
     tls: ServingTls | None = None,
+    metrics: ApiMetrics | None = None,
 ) -> web.Application:
-    """Build the metrics API; `index`, the front-proxy refresh and `source` run with it."""
+    """Build the metrics API; `index`, the front-proxy refresh and `source` run with it.
+    `metrics` (default: a registry of its own with the build and process metrics) is what
+    /metrics serves."""
+    if metrics is None:
+        registry = CollectorRegistry()
+        register_build_metrics(registry)
+        metrics = ApiMetrics(registry)
     app = web.Application(client_max_size=64 * 1024)
     app[SETTINGS] = config.metrics_api
     app[INDEX] = index
@@ -362,6 +395,7 @@ def create_app(
     app[REVIEWER] = reviewer
     app[DOOR] = FrontDoor(tls)
     app[POOLS] = pools_of(config)
+    app[METRICS] = metrics
     for path in ("/healthz", "/livez"):
         app.router.add_get(path, _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -371,8 +405,14 @@ def create_app(
     return app
 
 
-def source_for(config: Config, *, clock: Callable[[], float] = time.time) -> PrometheusSource:
-    """The Prometheus source `config` describes (prometheus.url must be set)."""
+def source_for(
+    config: Config,
+    *,
+    clock: Callable[[], float] = time.time,
+    metrics: ApiMetrics | None = None,
+) -> PrometheusSource:
+    """The Prometheus source `config` describes (prometheus.url must be set), reporting its
+    queries to `metrics`."""
     url = config.prometheus.url
     if not url:
         raise ValueError("prometheus.url: required by the metrics API")
@@ -382,4 +422,5 @@ def source_for(config: Config, *, clock: Callable[[], float] = time.time) -> Pro
         cache_ttl=config.metrics_api.cache_ttl,
         timeout=config.prometheus.timeout,
         clock=clock,
+        observer=metrics.query if metrics is not None else None,
     )

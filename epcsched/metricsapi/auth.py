@@ -32,6 +32,7 @@ import aiohttp
 from kubernetes_asyncio import client
 from multidict import CIMultiDictProxy
 
+from epcsched.kube.client import api_client
 from epcsched.metricsapi.wire import Route
 
 log = logging.getLogger("epcsched.metricsapi.auth")
@@ -209,7 +210,7 @@ class Reviewer:
 
     def _client(self) -> client.ApiClient:
         if self._api is None:
-            self._api = client.ApiClient(self.configuration)
+            self._api = api_client(self.configuration)
         return self._api
 
     async def close(self) -> None:

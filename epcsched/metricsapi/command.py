@@ -22,6 +22,7 @@ from typing import Any
 from epcsched import logs
 from epcsched.cli import CommandError
 from epcsched.config import Config, load_config
+from epcsched.kube.client import add_api_arguments
 from epcsched.netutil import check_listen_host
 
 log = logging.getLogger("epcsched.metricsapi")
@@ -44,6 +45,7 @@ def register(sub: Any) -> None:
         help="API server to watch pods and nodes and to send reviews to (default in a pod: its "
         "service account)",
     )
+    add_api_arguments(parser)
     parser.add_argument(
         "--prometheus-url", metavar="URL", help="Prometheus to read EPC series from"
     )
@@ -117,12 +119,12 @@ def serving_tls(config: Config) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     config = settings_from(args)
-    from epcsched.kube.client import KubeConfigError, in_cluster, load_configuration
+    from epcsched.kube.client import KubeConfigError, in_cluster, load_from_args
 
     if args.kubeconfig is None and not in_cluster():
         raise CommandError("--kubeconfig: required when not running in a pod")
     try:
-        configuration = asyncio.run(load_configuration(args.kubeconfig))
+        configuration = asyncio.run(load_from_args(args))
     except KubeConfigError as exc:
         raise CommandError(f"--kubeconfig: {exc}") from None
     tls = serving_tls(config)
@@ -151,10 +153,13 @@ async def serve(
     """Serve until `stop` is set or SIGTERM/SIGINT; `started` gets the bound port. `clock` is
     the time Prometheus is asked for (tests pin it to their recorded history)."""
     from aiohttp import web
+    from prometheus_client import CollectorRegistry
 
+    from epcsched.build import VERSION, register_build_metrics
     from epcsched.metricsapi.app import create_app, source_for
     from epcsched.metricsapi.auth import Reviewer
     from epcsched.metricsapi.index import InformedIndex
+    from epcsched.metricsapi.metrics import ApiMetrics
     from epcsched.metricsapi.tls import TlsSite
 
     settings = config.metrics_api
@@ -165,12 +170,16 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
             handled.append(sig)
+    registry = CollectorRegistry()
+    register_build_metrics(registry)
+    metrics = ApiMetrics(registry)
     app = create_app(
         config,
         InformedIndex(configuration, config.epc.resources),
-        source_for(config, clock=clock),
+        source_for(config, clock=clock, metrics=metrics),
         Reviewer(configuration, ttl=settings.auth_cache_ttl),
         tls=tls,
+        metrics=metrics,
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     try:
@@ -185,12 +194,15 @@ async def serve(
             ) from None
         port = int(runner.addresses[0][1]) if runner.addresses else settings.port
         log.info(
-            "metrics API on https://%s:%d (Prometheus %s, window %gs, API server %s)",
+            "epcsched %s metrics API listening on https://%s:%d, /metrics beside the APIs "
+            "(Prometheus %s, window %gs, API server %s)",
+            VERSION,
             settings.host,
             port,
             config.prometheus.url,
             settings.window,
             configuration.host,
+            extra={"version": VERSION, "address": f"{settings.host}:{port}"},
         )
         if started is not None and not started.done():
             started.set_result(port)

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 from kubernetes_asyncio import client
 
+from epcsched.kube.client import api_client
 from epcsched.kube.informer import (
     ACTIVE_PODS,
     InformerSettings,
@@ -211,7 +212,7 @@ class InformedIndex(ClusterIndex):
     async def start(self) -> None:
         if self._tasks:
             return
-        self._api = client.ApiClient(self.configuration)
+        self._api = api_client(self.configuration)
         core = client.CoreV1Api(self._api)
         self._reflectors = [
             Reflector("nodes", core.list_node, NodeList, _NodeSink(self), self.settings, self._rng),

@@ -5,7 +5,8 @@ so a query's result is kept for `cacheTtl` and shared by all requests in that ti
 arrive while a query is in flight wait for that same query instead of starting their own. A
 query that fails is not cached: the next request tries again. Failures are a `SourceError` whose
 message says what went wrong, which the API answers with 503 (the HPA then keeps its replica
-count and reports the condition).
+count and reports the condition). Each query sent (not each answer from the cache) is reported
+to an optional observer with its duration and outcome, for the server's own /metrics.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class PrometheusSource:
         cache_ttl: float = 10.0,
         timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
+        observer: Callable[[str, float, bool], None] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.queries = dict(queries)
@@ -66,6 +68,8 @@ class PrometheusSource:
         self._cache: dict[str, tuple[float, Series]] = {}
         self._inflight: dict[str, asyncio.Future[Series]] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._observer = observer
+        """Called with (query name, seconds, answered usefully) for every query sent."""
         self.queries_sent = 0
         """Queries sent to Prometheus so far (the cache's effect shows here)."""
 
@@ -87,11 +91,21 @@ class PrometheusSource:
         query = self.queries[name]
         at = self._clock()
         self.queries_sent += 1
-        body = await self._get(query.promql, at)
+        started = time.perf_counter()
+        try:
+            body = await self._get(query.promql, at)
+        except SourceError:
+            self._observe(name, time.perf_counter() - started, ok=False)
+            raise
+        self._observe(name, time.perf_counter() - started, ok=True)
         values = by_node(body, query.label, max)
         series = Series(at, values)
         self._cache[name] = (self._monotonic(), series)
         return series
+
+    def _observe(self, name: str, seconds: float, *, ok: bool) -> None:
+        if self._observer is not None:
+            self._observer(name, seconds, ok)
 
     async def _get(self, promql: str, at: float) -> list[dict[str, Any]]:
         if self._session is None:

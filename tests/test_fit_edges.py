@@ -350,3 +350,31 @@ def test_the_masks_partition_the_candidates_as_a_node_by_node_reading_says(
     assert np.array_equal(
         np.array([k == "ok" for k in got]), fit_masks(snap, request, snap.slots_of(names)).ok
     )
+
+
+def test_a_name_outside_the_resource_table_fits_nowhere() -> None:
+    # A PodRequest built by hand may name a resource the snapshot has no column for.
+    snap = snapshot_of(node("a", "8Mi"))
+    request = PodRequest(epc={"example.com/epc": 1})
+    assert fits_everywhere(snap, request, snap.slots_of([]))
+    assert not fits_everywhere(snap, request, snap.slots_of(["a"]))
+    assert outcome(snap, request, ["a"]) == ["unresolvable"]
+    assert not fits_after_evicting(snap, request, "a", [])
+
+
+def test_reasons_list_every_other_name_a_node_advertises() -> None:
+    item = node("other", "8", resource=LEGACY)
+    item["status"]["allocatable"][ALIBABA] = "8"
+    snap = snapshot_of(item, node("a", "8Mi"))
+    assert reasons(snap, PodRequest(epc={EPC: MIB}), snap.slots_of(["other"])) == [
+        f"node does not advertise {EPC} (it advertises {ALIBABA}, {LEGACY})"
+    ]
+
+
+def test_a_node_whose_allocatable_equals_the_request_reports_what_is_free() -> None:
+    # 8Mi node with 1Mi in use, an 8Mi pod: eviction would help, so the reason is the free
+    # figure, not "allocatable too small".
+    snap = snapshot_of(node("a", "8Mi"), pod("x", "1Mi", node_name="a"))
+    assert reasons(snap, PodRequest(epc={EPC: 8 * MIB}), snap.slots_of(["a"])) == [
+        f"insufficient {EPC}: requested 8Mi, free 7Mi of 8Mi"
+    ]

@@ -55,11 +55,11 @@ bench: install-test
 	$(PY) benchmarks/metrics_api.py
 
 # Mutation testing of the core, the bound and the extender's wire/service code (slow; not part
-# of `make test`): writes benchmarks/mutation/REPORT.md. ONLY=score.py runs one file;
-# SEEDS=10 measures the property tests under ten hypothesis seeds; WORKERS=2 runs two mutants
-# at a time.
+# of `make test`): measures HEAD in /tmp/mut-work and writes benchmarks/mutation/REPORT.md.
+# ONLY=score.py runs one file; SEEDS=10 (with SAMPLE=60) measures the property tests under ten
+# hypothesis seeds; WORKERS=2 runs two mutants at a time; RESUME=1 goes on after an interruption.
 mutation: $(VENV)/.mutation
-	$(PY) benchmarks/mutation.py --workers $(or $(WORKERS),1) $(if $(ONLY),--only $(ONLY)) $(if $(SEEDS),--seeds $(SEEDS))
+	$(PY) benchmarks/mutation.py --workers $(or $(WORKERS),1) $(if $(ONLY),--only $(ONLY)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(SAMPLE),--sample $(SAMPLE)) $(if $(RESUME),--resume)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -540,6 +540,9 @@ def report() -> None:
         )
     if seed_lines:
         lines += ["## Property tests under ten seeds", "", *seed_lines, ""]
+    notes = OUT / "notes.md"
+    if notes.exists():
+        lines += [notes.read_text().rstrip(), ""]
     lines += ["## Survivors", "", *details] if details else []
     (OUT / "REPORT.md").write_text("\n".join(lines).rstrip() + "\n")
 

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -335,9 +336,14 @@ def measure(target: Target, args: argparse.Namespace, base: Path, meta: dict[str
         shutil.rmtree(work, ignore_errors=True)
         shutil.copytree(base / "snapshot", work)
     print(f"{target.path}: mutating in {work}", flush=True)
+    module = target.path.removesuffix(".py").replace("/", ".")
+    # Only these functions' mutants (mutmut's mangled names: `x_plan`, `xǁClassǁmethod`).
+    names = tuple(f"{module}.{f}__mutmut_*" for f in args.functions)
     codes, seconds, tests = run_mutmut(
-        work, target, tests=target.tests, workers=args.workers, profile="ci"
+        work, target, tests=target.tests, workers=args.workers, profile="ci", names=names
     )
+    if names:
+        codes = {n: c for n, c in codes.items() if any(fnmatch(n, p) for p in names)}
     source = (work / target.path).read_text().splitlines()
     alive = [name for name, code in codes.items() if status_of(code) != "killed"]
     diffs = diffs_of(work, target.path, alive)
@@ -352,6 +358,7 @@ def measure(target: Target, args: argparse.Namespace, base: Path, meta: dict[str
     result = {
         "file": target.path,
         "tests": list(tests),
+        "functions": list(args.functions),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "seconds": round(seconds, 1),
         "workers": args.workers,
@@ -360,6 +367,8 @@ def measure(target: Target, args: argparse.Namespace, base: Path, meta: dict[str
         "mutants": mutants,
     }
     folder = OUT / ("baseline" if args.baseline else "results")
+    if args.functions:
+        folder = folder / "functions"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{slug(target.path)}.json").write_text(json.dumps(result, indent=1) + "\n")
     counts = summarise(result, load_equivalents())
@@ -414,7 +423,10 @@ def seeds(target: Target, args: argparse.Namespace, base: Path) -> None:
     work = base / (slug(target.path) + "-seeds")
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(base / "snapshot", work)
-    stored = json.loads((OUT / "results" / f"{slug(target.path)}.json").read_text())
+    whole = OUT / "results" / f"{slug(target.path)}.json"
+    if not whole.exists():
+        whole = OUT / "results" / "functions" / f"{slug(target.path)}.json"
+    stored = json.loads(whole.read_text())
     killed = tuple(m["name"] for m in stored["mutants"] if m["status"] == "killed")
     if args.sample and len(killed) > args.sample:
         # An even spread over the file (mutants are numbered in source order), not the first N.
@@ -475,52 +487,72 @@ def report() -> None:
         "| now: survivors % | now: score | run time now (before) | measured now; before |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    details = []
+    header = len(lines) - 2
+    details: list[str] = []
     total_seconds = 0.0
-    for target in TARGETS:
-        name = slug(target.path)
-        now_path = OUT / "results" / f"{name}.json"
-        before_path = OUT / "baseline" / f"{name}.json"
-        before = before_time = before_at = ""
-        old: dict[str, Any] | None = None
-        if before_path.exists():
-            base_result = json.loads(before_path.read_text())
-            old = summarise(base_result, equivalents)
-            before = f"{old['survived']} ({old['score']:.1f} %)"
-            before_time = f"{base_result['seconds']:.0f} s"
-            before_at = f"{base_result['date']}, {base_result['commit'][:10]}"
-        if not now_path.exists():
-            total = f"{old['total']}" if old else "not run"
-            equivalent = f"{old['equivalent']}" if old else ""
-            lines.append(
-                f"| `{target.path}` | {total} | {equivalent} | {before or 'not run'} | not run "
-                f"| | | | ({before_time}) | ; {before_at} |"
-            )
-            continue
-        result = json.loads(now_path.read_text())
-        counts = summarise(result, equivalents)
-        total_seconds += result["seconds"]
-        dirty = " + uncommitted" if result["dirty"] else ""
-        lines.append(
-            f"| `{target.path}` | {counts['total']} | {counts['equivalent']} | "
-            f"{before or 'not run'} | {counts['killed']} | {counts['survived']} | "
-            f"{counts['rate']:.1f} % | {counts['score']:.1f} % | {result['seconds']:.0f} s "
-            f"({before_time}) | {result['date']}, {result['commit'][:10]}{dirty}; {before_at} |"
-        )
-        if counts["survivors"]:
-            details.append(f"### `{target.path}`")
-            details.append("")
-            details.append("Tests: " + ", ".join(f"`{t}`" for t in result["tests"]))
-            details.append("")
-            for mutant, entry in counts["survivors"]:
-                kind = entry.get("kind", "equivalent") if entry else "NOT EXPLAINED"
-                reason = entry["reason"] if entry else "no reason recorded yet"
-                line = f"line {mutant['line']}" if mutant.get("line") else "line ?"
-                details.append(
-                    f"- {line}, `{mutant['function']}` ({mutant['status']}, {kind}): "
-                    f"`{mutant['before']}` → `{mutant['after']}` — {reason}"
+    for sub in ("", "functions"):
+        if sub:
+            if not any((OUT / k / sub).exists() for k in ("results", "baseline")):
+                continue
+            lines += [
+                "",
+                "Files measured on some functions only (named on each row), where a whole-file "
+                "run takes hours:",
+                "",
+                lines[header],
+                lines[header + 1],
+            ]
+        for target in TARGETS:
+            name = slug(target.path)
+            now_path = OUT / "results" / sub / f"{name}.json"
+            before_path = OUT / "baseline" / sub / f"{name}.json"
+            if sub and not (now_path.exists() or before_path.exists()):
+                continue
+            label = f"`{target.path}`"
+            for path in (now_path, before_path):
+                if sub and path.exists():
+                    label += " (" + ", ".join(json.loads(path.read_text())["functions"]) + ")"
+                    break
+            before = before_time = before_at = ""
+            old: dict[str, Any] | None = None
+            if before_path.exists():
+                base_result = json.loads(before_path.read_text())
+                old = summarise(base_result, equivalents)
+                before = f"{old['survived']} ({old['score']:.1f} %)"
+                before_time = f"{base_result['seconds']:.0f} s"
+                before_at = f"{base_result['date']}, {base_result['commit'][:10]}"
+            if not now_path.exists():
+                total = f"{old['total']}" if old else "not run"
+                equivalent = f"{old['equivalent']}" if old else ""
+                lines.append(
+                    f"| {label} | {total} | {equivalent} | {before or 'not run'} | not run "
+                    f"| | | | ({before_time}) | ; {before_at} |"
                 )
-            details.append("")
+                continue
+            result = json.loads(now_path.read_text())
+            counts = summarise(result, equivalents)
+            total_seconds += result["seconds"]
+            dirty = " + uncommitted" if result["dirty"] else ""
+            lines.append(
+                f"| {label} | {counts['total']} | {counts['equivalent']} | "
+                f"{before or 'not run'} | {counts['killed']} | {counts['survived']} | "
+                f"{counts['rate']:.1f} % | {counts['score']:.1f} % | {result['seconds']:.0f} s "
+                f"({before_time}) | {result['date']}, {result['commit'][:10]}{dirty}; {before_at} |"
+            )
+            if counts["survivors"]:
+                details.append(f"### {label}")
+                details.append("")
+                details.append("Tests: " + ", ".join(f"`{t}`" for t in result["tests"]))
+                details.append("")
+                for mutant, entry in counts["survivors"]:
+                    kind = entry.get("kind", "equivalent") if entry else "NOT EXPLAINED"
+                    reason = entry["reason"] if entry else "no reason recorded yet"
+                    line = f"line {mutant['line']}" if mutant.get("line") else "line ?"
+                    details.append(
+                        f"- {line}, `{mutant['function']}` ({mutant['status']}, {kind}): "
+                        f"`{mutant['before']}` → `{mutant['after']}` — {reason}"
+                    )
+                details.append("")
     lines += ["", f"Mutation run time, all measured files: {total_seconds / 60:.1f} min.", ""]
     seed_lines = []
     for target in TARGETS:
@@ -552,6 +584,13 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=[], help="target path suffixes to run")
     parser.add_argument("--workers", type=int, default=1, help="mutmut --max-children")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mut-work"))
+    parser.add_argument(
+        "--functions",
+        nargs="*",
+        default=[],
+        help="only these functions' mutants, by mutmut's mangled name (x_plan, xǁClassǁmethod);"
+        " stored apart, under functions/",
+    )
     parser.add_argument("--baseline", action="store_true", help="store as the 'before' figures")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument(

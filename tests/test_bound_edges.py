@@ -225,9 +225,14 @@ def test_pods_after_the_horizon_and_pools_without_epc(tmp_path: Path) -> None:
         "atS": 30.0,
         "podsExcluded": 0,
     }
+    # 200 node-seconds: one node over [0, 30) and [100, 130), two over [30, 100); at $1/h a
+    # node (the helper's price), $2/h at the peak; the plain pool has no EPC and no price.
     assert bound.to_json() == {
         "peakNodes": 2,
         "method": "milp",
+        "nodeHours": 0.0556,
+        "costPerHourAtPeak": 2.0,
+        "cost": 0.0556,
         "perPool": {
             "p": bound.per_pool["p"].to_json(),
             "plain": bound.per_pool["plain"].to_json(),
@@ -237,7 +242,13 @@ def test_pods_after_the_horizon_and_pools_without_epc(tmp_path: Path) -> None:
     jobs = [(0.1234, 100, 6144, 1, 1), (30.0006, 100, 6144, 1, 1)]
     scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=2)])
     bound = lower_bound(scenario, workload)
-    assert bound.to_json() == {"peakNodes": 2, "method": "milp"}
+    assert bound.to_json() == {
+        "peakNodes": 2,
+        "method": "milp",
+        "nodeHours": 0.0556,
+        "costPerHourAtPeak": 2.0,
+        "cost": 0.0556,
+    }
     assert bound.per_pool["p"].to_json()["atS"] == 30.001
 
 

@@ -44,6 +44,7 @@ def run(policy: str, **metrics: float | int) -> RunResult:
         "peakNodes": 3,
         "epcOvercommitPodSeconds": 0.0,
         "meanEpcUtilization": 0.5,
+        "peakCostPerHour": 1.5,
     }
     base.update(metrics)
     return RunResult(policy=policy, seed=1, variant="base", metrics=base)
@@ -69,7 +70,7 @@ def test_table_columns_stay_apart_at_any_magnitude() -> None:
     lines = table.splitlines()
     assert lines[-1] == TABLE_LEGEND and "\n" not in TABLE_LEGEND
     header, _, small, big = lines[:4]
-    assert len(cells(header)) == len(cells(small)) == len(cells(big)) == 11
+    assert len(cells(header)) == len(cells(small)) == len(cells(big)) == 14
     assert cells(big)[1:5] == ["107", "107", "102,000.00", "48,960.00"]
     # Every column ends where its header ends.
     for name in ("node-h", "cost", "unfinished", "overcommit pod-s"):

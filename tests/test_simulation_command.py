@@ -45,8 +45,12 @@ def test_simulate_writes_results_summary_and_plots(
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results) == {"scenario", "seed", "policies", "lowerBound"}
     assert results["scenario"] == "tiny" and results["seed"] == 7
-    assert set(results["lowerBound"]) == {"peakNodes", "method"}
-    assert results["lowerBound"]["method"] == "milp"
+    bound = results["lowerBound"]
+    assert set(bound) == {"peakNodes", "method", "nodeHours", "costPerHourAtPeak", "cost"}
+    assert bound["method"] == "milp"
+    # One pool of $0.192/h nodes: the bound in dollars is its bound in nodes at that price.
+    assert bound["costPerHourAtPeak"] == pytest.approx(bound["peakNodes"] * 0.192, abs=1e-4)
+    assert bound["cost"] == pytest.approx(bound["nodeHours"] * 0.192, abs=1e-4)
     policies = results["policies"]
     assert list(policies) == ["binpack", "spread", "balanced", "kube-default", "epc-unaware"]
     for metrics in policies.values():

@@ -15,6 +15,14 @@ bin packing is solved with `scipy.optimize.milp` (up to `EXACT_MAX_ITEMS` pods).
 Bins are the pool template's EPC less the headroom. With several pools, each pool gets its own
 figure; the overall bound uses the pool with the most EPC per node, since swapping any
 node for a bigger one never hurts.
+
+The bound in dollars (the pools' `costPerHour`) holds for any mix of pools. At each moment, a
+run without waiting pays at least (a) for each running pod, its EPC at the lowest price per byte
+among the pools whose nodes can hold it (every node's price spread over its EPC), and (b) the
+cheapest node's price times the nodes needed in the biggest template, since no mix of smaller
+nodes needs fewer. `cost_per_hour` is the larger of the two at the worst moment (b with the
+bound on peak nodes), and `cost` integrates it over the horizon (b with the node-hours figure's
+nodes at each moment).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -71,9 +80,19 @@ class LowerBound:
     per_pool: dict[str, PoolBound]
     node_hours: float = 0.0
     """Node-hours (of the biggest template) below which no run without waiting can go."""
+    cost_per_hour: float = 0.0
+    """Dollars an hour no run without waiting can stay below at its busiest."""
+    cost: float = 0.0
+    """Dollars over the horizon below which no run without waiting can go."""
 
     def to_json(self) -> dict[str, object]:
-        data: dict[str, object] = {"peakNodes": self.peak_nodes, "method": self.method}
+        data: dict[str, object] = {
+            "peakNodes": self.peak_nodes,
+            "method": self.method,
+            "nodeHours": round(self.node_hours, 4),
+            "costPerHourAtPeak": round(self.cost_per_hour, 4),
+            "cost": round(self.cost, 4),
+        }
         if len(self.per_pool) > 1:
             data["perPool"] = {name: b.to_json() for name, b in self.per_pool.items()}
         return data
@@ -281,7 +300,61 @@ def lower_bound(
         )
     biggest = max(per_pool.values(), key=lambda b: (b.capacity, b.pool))
     hours = _node_hours(submit, end, epc, biggest.capacity, scenario.horizon)
-    return LowerBound(biggest.peak_nodes, biggest.method, per_pool, hours)
+    prices = [
+        (per_pool[pool.settings.name].capacity, pool.settings.cost_per_hour)
+        for pool in scenario.pools
+    ]
+    rate, cost = _cost_bound(submit, end, epc, prices, biggest, scenario.horizon)
+    return LowerBound(biggest.peak_nodes, biggest.method, per_pool, hours, rate, cost)
+
+
+def _sweep(
+    submit: FloatArray, end: FloatArray, epc: IntArray, *columns: npt.NDArray[Any]
+) -> tuple[FloatArray, list[npt.NDArray[Any]]]:
+    """Event times in order (departures before arrivals at equal times, as everywhere else)
+    and, for each column of per-pod values, its sum over the pods running after each event."""
+    times = np.concatenate((submit, end))
+    order = np.lexsort((np.concatenate((epc, -epc)), times))
+    sums = [np.cumsum(np.concatenate((c, -c))[order]) for c in columns]
+    return np.asarray(times[order], dtype=np.float64), sums
+
+
+def _cost_bound(
+    submit: FloatArray,
+    end: FloatArray,
+    epc: IntArray,
+    prices: list[tuple[int, float]],
+    biggest: PoolBound,
+    horizon: float,
+) -> tuple[float, float]:
+    """(dollars an hour at the worst moment, dollars over the horizon) of the module
+    docstring; `prices` are (EPC bytes a node offers, costPerHour) per pool."""
+    capacity = biggest.capacity
+    held = [(cap, price) for cap, price in prices if cap > 0]
+    fits = epc <= capacity
+    if capacity <= 0 or not fits.any():
+        return 0.0, 0.0
+    submit, end, epc = submit[fits], end[fits], epc[fits]
+    cheapest_node = min(price for _, price in held)
+    per_byte = np.full(epc.shape, np.inf)
+    for cap, price in held:
+        per_byte = np.where(epc <= cap, np.minimum(per_byte, price / cap), per_byte)
+    pod_rate = epc * per_byte
+    _, (rates,) = _sweep(submit, end, epc, pod_rate)
+    peak = max(float(rates.max()), biggest.peak_nodes * cheapest_node)
+    live = submit < horizon
+    times, (rates, total, bigs) = _sweep(
+        submit[live],
+        np.minimum(end[live], horizon),
+        epc[live],
+        pod_rate[live],
+        epc[live],
+        (2 * epc[live] > capacity).astype(np.int64),
+    )
+    nodes = np.maximum(-(-total // capacity), bigs)
+    spans = np.diff(np.append(times, horizon))
+    cost = float((np.maximum(rates, nodes * cheapest_node) * spans).sum()) / 3600.0
+    return peak, cost
 
 
 def _node_hours(

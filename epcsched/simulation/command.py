@@ -156,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(
             f"lower bound if no pod waited: {bound.peak_nodes} nodes at peak ({bound.method}), "
-            f"{bound.node_hours:.2f} node-hours"
+            f"{bound.node_hours:.2f} node-hours, ${bound.cost_per_hour:,.2f}/h at peak, "
+            f"${bound.cost:,.2f} in total"
         )
     print(f"wrote {', '.join(str(p) for p in outcome.written)}")
     return 0

@@ -79,6 +79,10 @@ class RunResult:
     """Most bytes by which any node's running enclaves exceeded its EPC."""
     replicas: list[int] = field(default_factory=list)
     """A Deployment's replica count (the scale's spec) at each of `times`."""
+    pool_nodes: dict[str, list[int]] = field(default_factory=dict)
+    """Each pool's nodes (Ready and booting, as billed) at each of `times`."""
+    spent: list[float] = field(default_factory=list)
+    """Dollars billed for nodes from the start to each of `times` (the pools' costPerHour)."""
 
 
 @dataclass(slots=True)
@@ -236,6 +240,9 @@ class Simulation:
         self.series_at = 0
         self.series_pending: list[int] = []
         self.series_nodes: list[int] = []
+        self.series_pool_nodes: dict[str, list[int]] = {p.name: [] for p in self.pools}
+        self.series_spent: list[float] = []
+        self.peak_cost_rate = 0.0
         self.placements: list[tuple[str, str]] = []
         # The Deployment: its live replicas in creation order, the HPA's memory, and integrals.
         self.replicas: list[int] = []
@@ -254,8 +261,14 @@ class Simulation:
     def _advance(self, t: float) -> None:
         dt = t - self.now
         if dt > 0:
+            rate = 0.0
             for pool in self.pools:
-                self.node_seconds[pool.name] += dt * (len(pool.ready) + len(pool.booting))
+                count = len(pool.ready) + len(pool.booting)
+                self.node_seconds[pool.name] += dt * count
+                rate += count * pool.cost_per_hour
+            # Only states that last: a node asked for and given up at the same instant is
+            # never billed.
+            self.peak_cost_rate = max(self.peak_cost_rate, rate)
             self.overcommit_pod_seconds += dt * self.overcommitted_pods
             if self.epc_capacity > 0:
                 self.utilization_seconds += dt * self.epc_used / self.epc_capacity
@@ -265,6 +278,14 @@ class Simulation:
             self.series_pending.append(len(self.pending))
             self.series_nodes.append(self.provisioned)
             self.series_replicas.append(len(self.replicas))
+            # node_seconds runs to max(now, t); the counts have held since the sample time.
+            back = max(self.now, t) - self.series_t[self.series_at]
+            spent = 0.0
+            for pool in self.pools:
+                count = len(pool.ready) + len(pool.booting)
+                self.series_pool_nodes[pool.name].append(count)
+                spent += (self.node_seconds[pool.name] - back * count) * pool.cost_per_hour
+            self.series_spent.append(spent / 3600.0)
             self.series_at += 1
         self.now = max(self.now, t)
 
@@ -704,6 +725,7 @@ class Simulation:
             "waitMaxS": round(wait_max, 3),
             "nodeHours": round(sum(hours.values()), 4),
             "cost": round(cost, 4),
+            "peakCostPerHour": round(self.peak_cost_rate, 4),
             "peakNodes": self.peak,
             "epcOvercommitPodSeconds": round(self.overcommit_pod_seconds, 3),
             "meanEpcUtilization": round(self.utilization_seconds / self.horizon, 4),
@@ -735,6 +757,8 @@ class Simulation:
             placements=self.placements,
             max_epc_overcommit=self.max_overcommit,
             replicas=self.series_replicas,
+            pool_nodes=self.series_pool_nodes,
+            spent=self.series_spent,
         )
 
 

@@ -4,7 +4,9 @@
 Sweep points (other seeds, pool sizes) go to `sweep.json` and a second table in `summary.md`.
 A Deployment scenario reports per scaler what scaling is about instead (`DEPLOYMENT_KEYS`:
 replicas, enclave-seconds over the EPC limit, node-hours), against the paging-free minimum, and
-adds `replicas.png`.
+adds `replicas.png`. With several pools, the pools' shares and the money are what differ between
+policies, so `pools.png` draws each pool's nodes and `cost.png` the spend rate and the running
+total, each against its lower bound.
 """
 
 from __future__ import annotations
@@ -128,9 +130,16 @@ def _bound_note(r: RunResult, bound: LowerBound) -> str:
         return "n/a (overcommits EPC)"
     if r.metrics["podsWaited"]:
         return "n/a (pods waited)"
-    # nodeHours is rounded to 4 decimals in the metrics; allow that much.
+    # Metrics are rounded to 4 decimals; allow that much.
     hours_ok = float(r.metrics["nodeHours"]) >= bound.node_hours - 1e-4
-    return "holds" if peak >= bound.peak_nodes and hours_ok else "VIOLATED"
+    cost_ok = float(r.metrics["cost"]) >= bound.cost - 1e-4 and (
+        float(r.metrics["peakCostPerHour"]) >= bound.cost_per_hour - 1e-4
+    )
+    return "holds" if peak >= bound.peak_nodes and hours_ok and cost_ok else "VIOLATED"
+
+
+def _priced(scenario: Scenario) -> bool:
+    return any(p.settings.cost_per_hour > 0 for p in scenario.pools)
 
 
 def _scaler_text(spec: DeploymentSpec, name: str) -> str:
@@ -242,19 +251,31 @@ def summary_markdown(
             for b in bound.per_pool.values()
         )
         lines += [f"Per pool, in nodes of that pool's template: {per}."]
+    if _priced(scenario):
+        prices = ", ".join(
+            f"{p.settings.name} ${p.settings.cost_per_hour:g}/h" for p in scenario.pools
+        )
+        lines += [
+            f"Cost with no pod waiting ({prices}): at least **${bound.cost_per_hour:,.2f}** an "
+            f"hour at the busiest moment and **${bound.cost:,.2f}** over the horizon (each pod's "
+            "EPC at the cheapest price per byte among the pools that can hold it, and never less "
+            "than the cheapest node's price times the bound in nodes)."
+        ]
     lines += [
         "",
         "| policy | peak nodes | bound | bound check | node-hours | node-hours bound | cost | "
-        "completed | "
+        "cost bound | peak $/h | $/h bound | completed | "
         "never scheduled | wait p50 s | wait p95 s | wait max s | pods waited | "
         "EPC overcommit pod-s | mean EPC util | evictions |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "---:|",
     ]
     for r in base:
         m = r.metrics
         lines.append(
             f"| {r.policy} | {m['peakNodes']} | {bound.peak_nodes} | {_bound_note(r, bound)} | "
             f"{_fmt(m['nodeHours'])} | {bound.node_hours:,.2f} | {_fmt(m['cost'])} | "
+            f"{bound.cost:,.2f} | {_fmt(m['peakCostPerHour'])} | {bound.cost_per_hour:,.2f} | "
             f"{m['podsCompleted']} | "
             f"{m['podsNeverScheduled']} | {_fmt(m['waitP50S'])} | {_fmt(m['waitP95S'])} | "
             f"{_fmt(m['waitMaxS'])} | {m['podsWaited']} | {_fmt(m['epcOvercommitPodSeconds'])} | "
@@ -317,7 +338,9 @@ def deployment_table(results: Sequence[RunResult]) -> str:
 
 TABLE_LEGEND = (
     "peak: most nodes at once; bound: fewest nodes any placement needs with no pod waiting; "
-    "node-h: node-hours; done + never + unfinished = pods submitted (unfinished: started, not "
+    "node-h: node-hours; cost, $/h: dollars in all and an hour at the busiest (pools' "
+    "costPerHour), each with the least any placement pays with no pod waiting; "
+    "done + never + unfinished = pods submitted (unfinished: started, not "
     "done at the horizon); p95 wait: seconds from submission to first start; overcommit: "
     "pod-seconds on nodes past their EPC; EPC util: mean share of EPC requested"
 )
@@ -348,6 +371,9 @@ def comparison_table(results: Sequence[RunResult], bound: LowerBound) -> str:
         "bound",
         "node-h",
         "cost",
+        "cost bound",
+        "$/h",
+        "$/h bound",
         "done",
         "never",
         "unfinished",
@@ -370,6 +396,9 @@ def comparison_table(results: Sequence[RunResult], bound: LowerBound) -> str:
                 f"{bound.peak_nodes:,}",
                 f"{m['nodeHours']:,.2f}",
                 f"{m['cost']:,.2f}",
+                f"{bound.cost:,.2f}",
+                f"{m['peakCostPerHour']:,.2f}",
+                f"{bound.cost_per_hour:,.2f}",
                 f"{m['podsCompleted']:,}",
                 f"{m['podsNeverScheduled']:,}",
                 f"{unfinished:,}",
@@ -489,6 +518,83 @@ def count_figure(
     return fig
 
 
+def _pools_flat(scenario: Scenario, base: Sequence[RunResult]) -> bool:
+    """Every pool kept one count throughout, the same under every policy."""
+    return all(
+        _flat({r.policy: r.pool_nodes.get(p.settings.name, []) for r in base})
+        for p in scenario.pools
+    )
+
+
+def pools_figure(scenario: Scenario, base: Sequence[RunResult]) -> Figure | None:
+    """Each pool's nodes over time, a panel per pool and a line per policy; None with one pool
+    or when no pool's count ever moved."""
+    if len(scenario.pools) < 2 or _pools_flat(scenario, base):
+        return None
+    fig, axes = plt.subplots(
+        len(scenario.pools), 1, sharex=True, figsize=(8, 1.2 + 2.2 * len(scenario.pools))
+    )
+    for ax, pool in zip(axes, scenario.pools, strict=True):
+        name = pool.settings.name
+        for r in base:
+            hours = [t / 3600 for t in r.times]
+            ax.step(
+                hours,
+                r.pool_nodes.get(name, []),
+                where="post",
+                linestyle=_style(r.policy),
+                label=r.policy,
+            )
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(f"{name} nodes")
+    axes[0].set_title(f"{scenario.name}: nodes per pool over time (Ready and booting)")
+    axes[0].legend(fontsize="small")
+    axes[-1].set_xlabel("simulated time (h)")
+    fig.tight_layout()
+    return fig
+
+
+def cost_figure(scenario: Scenario, base: Sequence[RunResult], bound: LowerBound) -> Figure | None:
+    """Dollars an hour and dollars so far, a line per policy, each against its lower bound
+    (job workloads); None with one pool (the nodes plot says it), no prices, or no pool that
+    changed size."""
+    if len(scenario.pools) < 2 or not _priced(scenario) or _pools_flat(scenario, base):
+        return None
+    prices = {p.settings.name: p.settings.cost_per_hour for p in scenario.pools}
+    fig, (rate_ax, total_ax) = plt.subplots(2, 1, sharex=True, figsize=(8, 6.5))
+    for r in base:
+        hours = [t / 3600 for t in r.times]
+        rate = [
+            sum(prices[pool] * counts[i] for pool, counts in r.pool_nodes.items())
+            for i in range(len(r.times))
+        ]
+        rate_ax.step(hours, rate, where="post", linestyle=_style(r.policy), label=r.policy)
+        total_ax.plot(hours, r.spent, linestyle=_style(r.policy), label=r.policy)
+    if scenario.deployment is None:
+        rate_ax.axhline(
+            bound.cost_per_hour,
+            color="black",
+            linewidth=0.8,
+            linestyle=":",
+            label="lower bound at the busiest moment",
+        )
+        total_ax.axhline(
+            bound.cost,
+            color="black",
+            linewidth=0.8,
+            linestyle=":",
+            label="lower bound over the horizon",
+        )
+    rate_ax.set_ylabel("$ an hour")
+    rate_ax.set_title(f"{scenario.name}: node cost over time (pools' costPerHour)")
+    rate_ax.legend(fontsize="small")
+    total_ax.set_ylabel("$ so far")
+    total_ax.set_xlabel("simulated time (h)")
+    total_ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 def write_plots(
     out: Path, scenario: Scenario, results: Sequence[RunResult], bound: LowerBound
 ) -> list[str]:
@@ -506,6 +612,14 @@ def write_plots(
         fig.savefig(out / name, dpi=100)
         plt.close(fig)
         written.append(name)
+    for name, figure in (
+        ("pools.png", pools_figure(scenario, base)),
+        ("cost.png", cost_figure(scenario, base, bound)),
+    ):
+        if figure is not None:
+            figure.savefig(out / name, dpi=100)
+            plt.close(figure)
+            written.append(name)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for r in base:
         q = r.wait_quantiles

@@ -4,8 +4,9 @@ The decision log writes one line per pod whose filter failed nodes, so its cost 
 filter that passes every node and largest on one that fails thousands. Measures both, on the
 filter benchmark's cluster (5,000 nodes, 50,000 pods):
 
-- in process: the median of `ExtenderService.filter` alone against the same call followed by
-  the decision log, with the log at INFO written to a file (text and JSON formats);
+- in process: the median of `ExtenderService.filter` alone against `filter_and_failures`
+  followed by the decision log (as the handler runs them), with the log at INFO written to a
+  file (text and JSON formats);
 - at the process boundary: `epcsched extender` at `--log-level WARNING` and at INFO (stderr to
   a file, as a container runtime keeps it), one request at a time as kube-scheduler sends them,
   runs alternated so a busy machine affects both alike; server CPU per request is the steadier
@@ -36,7 +37,7 @@ from cluster import EPC, build, pod
 
 from epcsched import logs
 from epcsched.config import Config
-from epcsched.extender.decisions import log_filter
+from epcsched.extender.decisions import log_failures
 from epcsched.extender.service import ExtenderService
 from epcsched.kube.snapshot import load_snapshot
 
@@ -88,7 +89,9 @@ def in_process(snapshot_path: Path, bodies: dict[str, Path], repeat: int) -> dic
                     logs.setup("INFO", fmt, stream=stream)
 
                     def logged(b: bytes = body) -> None:
-                        log_filter(b, service.filter(b))
+                        _, failures = service.filter_and_failures(b)
+                        if failures is not None:
+                            log_failures(failures)
 
                     seconds = median_seconds(logged, repeat)
                 row[f"with_info_{fmt}_us"] = round(seconds * 1e6, 1)

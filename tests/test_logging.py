@@ -201,6 +201,23 @@ def test_text_at_info_logs_decisions_but_not_requests(text_info: Running) -> Non
     )
 
 
+def test_full_nodes_filter_logs_its_decision_too(text_info: Running) -> None:
+    # nodeCacheCapable false: whole Node objects. small (22Mi free) could make room by
+    # eviction; ghost, which the cache has never seen, has 10Mi in all, which nothing changes.
+    pending = json.loads(filter_body())["Pod"]
+    nodes = [node("big", "16Gi"), node("small", "94Mi"), node("ghost", "10Mi")]
+    body = {"Pod": pending, "Nodes": {"items": nodes}, "NodeNames": None}
+    status, reply = text_info.call("/filter", json.dumps(body).encode())
+    assert status == 200
+    assert [n["metadata"]["name"] for n in json.loads(reply)["Nodes"]["items"]] == ["big"]
+    lines = text_info.next_lines(1) + text_info.quiet()
+    assert len(lines) == 1, lines
+    assert (
+        "pod team-a/enclave (uid 4f1c-uid): failed 2 nodes (1 where preemption could help, 1 "
+        "where it cannot)" in lines[0]
+    )
+
+
 def test_metrics_carry_build_info_and_process_collectors(text_info: Running) -> None:
     status, body = text_info.call("/metrics")
     assert status == 200

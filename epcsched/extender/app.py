@@ -20,9 +20,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from epcsched.config import Config
-from epcsched.extender.decisions import log_filter
+from epcsched.extender.decisions import log_failures
 from epcsched.extender.metrics import ExtenderMetrics
-from epcsched.extender.service import ExtenderService
+from epcsched.extender.service import ExtenderService, FilterFailures
 from epcsched.extender.wire import BadRequest, error_reply
 from epcsched.state import ClusterState
 from epcsched.telemetry import Telemetry
@@ -151,12 +151,12 @@ GATE = web.AppKey("gate", SyncGate)
 
 
 def _extender_verb(
-    answer: Callable[[ExtenderService, bytes], bytes],
+    answer: Callable[[ExtenderService, bytes], bytes | tuple[bytes, FilterFailures | None]],
     *,
-    decided: Callable[[bytes, bytes], None] | None = None,
+    decided: Callable[[FilterFailures], None] | None = None,
 ) -> Handler:
-    """A verb answered by `answer` once the state has synced (`Error` before); `decided(body,
-    reply)` sees each well-formed exchange."""
+    """A verb answered by `answer` once the state has synced (`Error` before); an answer that
+    comes with the nodes it failed hands them to `decided`."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         gate = request.app[GATE]
@@ -164,13 +164,15 @@ def _extender_verb(
             return web.Response(body=gate.refuse(), content_type=_JSON)
         body = await request.read()
         try:
-            reply = answer(request.app[SERVICE], body)
+            answered = answer(request.app[SERVICE], body)
         except BadRequest as exc:
             return web.Response(status=400, body=error_reply(str(exc)), content_type=_JSON)
-        if decided is not None:
-            # After this handler's reply is on the socket: kube-scheduler need not wait for it.
-            asyncio.get_running_loop().call_soon(decided, body, reply)
-        return web.Response(body=reply, content_type=_JSON)
+        if isinstance(answered, tuple):
+            answered, failures = answered
+            if failures is not None and decided is not None:
+                # After this handler's reply is on the socket: kube-scheduler need not wait.
+                asyncio.get_running_loop().call_soon(decided, failures)
+        return web.Response(body=answered, content_type=_JSON)
 
     return handle
 
@@ -290,7 +292,9 @@ def create_app(
     app[METRICS] = ExtenderMetrics(registry or CollectorRegistry(), lambda: state.snapshot)
     prefix = settings.prefix.strip("/")
     app[PREFIX] = f"/{prefix}" if prefix else ""
-    add_verb(app, "filter", _extender_verb(ExtenderService.filter, decided=log_filter))
+    add_verb(
+        app, "filter", _extender_verb(ExtenderService.filter_and_failures, decided=log_failures)
+    )
     add_verb(app, "prioritize", _extender_verb(ExtenderService.prioritize))
     add_verb(app, "preempt", _extender_verb(ExtenderService.preempt))
     app.router.add_get("/healthz", _healthz, name="healthz")

@@ -7,9 +7,10 @@ that differ only in figures (free EPC differs from node to node) count as one re
 the figures of one node as an example: the figures come after the words that say what is
 wrong, so reasons are grouped by their text up to the first digit.
 
-The line is built from the reply the service already encoded, and only when it fails a node:
-a filter that passes every node costs one comparison here. The handler runs it after the reply
-has been handed to the socket, so kube-scheduler does not wait for it.
+The service hands over the failures it computed (`FilterFailures`: names, reasons and the pod's
+own JSON) only when it failed a node, so a filter that passes every node costs nothing here and
+nothing is read back out of the reply. The handler runs it after the reply has been handed to
+the socket, so kube-scheduler does not wait for it.
 """
 
 from __future__ import annotations
@@ -20,17 +21,15 @@ from itertools import repeat
 
 import msgspec
 
-from epcsched.extender import wire
+from epcsched.extender.service import FilterFailures
 
 log = logging.getLogger("epcsched.extender.decisions")
 
 _WORDS = re.compile(r"[^0-9]*")
 """A reason up to its first figure."""
-_FAILURES_KEY = b',"FailedNodes":'
-_UNRESOLVABLE_KEY = b',"FailedAndUnresolvableNodes":'
-_GROUP_LIMIT = 2 * 2**20
-"""Failure sections larger than this are counted, not decoded."""
-_NO_FAILURES = wire.EMPTY_FAILURES + b"}"
+_GROUP_LIMIT = 20_000
+"""Failed nodes beyond which reasons are counted, not grouped: kube-scheduler sends at most
+5,000 nodes, so only an absurd request (names the cache does not know) gets here."""
 _MAX_REASONS = 5
 _MAX_GROUPS = 20
 """Distinct reasons spelled out in the message; the JSON fields carry them all."""
@@ -46,13 +45,7 @@ class _PodMeta(msgspec.Struct):
     metadata: _Meta | None = None
 
 
-class _Failures(msgspec.Struct):
-    FailedNodes: dict[str, str] | None = None
-    FailedAndUnresolvableNodes: dict[str, str] | None = None
-
-
 _meta_decoder = msgspec.json.Decoder(_PodMeta)
-_failures_decoder = msgspec.json.Decoder(_Failures)
 
 
 def group_reasons(reasons: list[str]) -> list[tuple[str, int]]:
@@ -81,44 +74,30 @@ def group_reasons(reasons: list[str]) -> list[tuple[str, int]]:
     return grouped
 
 
-def pod_identity(body: bytes) -> tuple[str, str]:
-    """`namespace/name` and uid of the request's pod ("" where the request has none)."""
+def pod_identity(pod_raw: bytes) -> tuple[str, str]:
+    """`namespace/name` and uid of a pod's JSON ("" where it has none)."""
     try:
-        pod = _meta_decoder.decode(wire.split_args(body).pod_raw)
-    except (wire.BadRequest, msgspec.DecodeError):
+        pod = _meta_decoder.decode(pod_raw)
+    except msgspec.DecodeError:
         return "", ""
     meta = pod.metadata or _Meta()
     return f"{meta.namespace or 'default'}/{meta.name}", meta.uid
 
 
-def log_filter(body: bytes, reply: bytes) -> None:
-    """Log the pod's failed nodes at INFO, if the filter reply failed any."""
-    if reply.endswith(_NO_FAILURES) or not log.isEnabledFor(logging.INFO):
+def log_failures(failures: FilterFailures) -> None:
+    """Log the pod's failed nodes at INFO, one line with the reasons grouped."""
+    if not log.isEnabledFor(logging.INFO):
         return
-    at = reply.rfind(_FAILURES_KEY)
-    if at < 0:  # an Error reply: the handler logs those
+    failed_count, unresolvable_count = len(failures.failed), len(failures.unresolvable)
+    if not failed_count and not unresolvable_count:
         return
-    if len(reply) - at > _GROUP_LIMIT:
-        # No real cluster fails this many nodes (kube-scheduler sends at most 5,000): count
-        # them in place rather than decode them, so an absurd request costs no more memory.
-        mid = reply.rfind(_UNRESOLVABLE_KEY)
-        failed_count = reply.count(b'":"', at, mid)
-        unresolvable_count = reply.count(b'":"', mid, reply.rfind(b',"Error":'))
+    if failed_count + unresolvable_count > _GROUP_LIMIT:
         grouped = [
             ("reasons not grouped: too many failed nodes", failed_count + unresolvable_count)
         ]
     else:
-        try:
-            failures = _failures_decoder.decode(b"{" + reply[at + 1 :])
-        except msgspec.DecodeError:
-            return
-        failed = list((failures.FailedNodes or {}).values())
-        unresolvable = list((failures.FailedAndUnresolvableNodes or {}).values())
-        failed_count, unresolvable_count = len(failed), len(unresolvable)
-        grouped = group_reasons(failed + unresolvable)
-    if not failed_count and not unresolvable_count:
-        return
-    pod, uid = pod_identity(body)
+        grouped = group_reasons([*failures.failed.values(), *failures.unresolvable.values()])
+    pod, uid = pod_identity(failures.pod_raw)
     shown = "; ".join(f"{count}× {text}" for text, count in grouped[:_MAX_REASONS])
     if len(grouped) > _MAX_REASONS:
         shown += f"; and {len(grouped) - _MAX_REASONS} other reasons"

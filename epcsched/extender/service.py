@@ -42,6 +42,18 @@ NamesAt = Callable[[IntArray], list[str]]
 
 
 @dataclass(frozen=True, slots=True)
+class FilterFailures:
+    """The nodes a filter turned away, by name with their reasons, and the pod's own JSON:
+    what the decision log needs, handed to it so that it does not read the reply back."""
+
+    pod_raw: bytes
+    failed: dict[str, str]
+    """Where preemption could help (the reply's FailedNodes)."""
+    unresolvable: dict[str, str]
+    """Where it cannot (FailedAndUnresolvableNodes)."""
+
+
+@dataclass(frozen=True, slots=True)
 class _FullNodes:
     """A full-nodes request's Node list, resolved against the cache."""
 
@@ -170,7 +182,9 @@ class ExtenderService:
         scratch_slots = scratch.slots_of([names[i] for i in missing.tolist()])
         return _FullNodes(names, raws, slots, missing, scratch, scratch_slots)
 
-    def _filter_full(self, snapshot: ClusterSnapshot, request: PodRequest, raw: bytes) -> bytes:
+    def _filter_full(
+        self, snapshot: ClusterSnapshot, request: PodRequest, raw: bytes
+    ) -> tuple[bytes, dict[str, str], dict[str, str]]:
         nodes = self._full_nodes(snapshot, raw)
         masks = fit_masks(snapshot, request, nodes.slots)
         ok = masks.ok.copy()
@@ -191,7 +205,7 @@ class ExtenderService:
             failed.update(more_failed)
             unresolvable.update(more_unresolvable)
         passing = [nodes.raws[i] for i in np.flatnonzero(ok).tolist()]
-        return wire.filter_reply_nodes(passing, failed, unresolvable)
+        return wire.filter_reply_nodes(passing, failed, unresolvable), failed, unresolvable
 
     def _prioritize_full(
         self, snapshot: ClusterSnapshot, request: PodRequest, raw_nodes: bytes
@@ -217,17 +231,22 @@ class ExtenderService:
 
     # ----- verbs -------------------------------------------------------------------------
     def filter(self, body: bytes) -> bytes:
+        return self.filter_and_failures(body)[0]
+
+    def filter_and_failures(self, body: bytes) -> tuple[bytes, FilterFailures | None]:
+        """The filter reply, and the nodes it failed (None when it failed none)."""
         snapshot = self._snapshot()
         args, slots, request = self._parse(body, snapshot)
         if slots is None:
             assert args.nodes_raw is not None
-            return self._filter_full(snapshot, request, args.nodes_raw)
+            reply, failed, unresolvable = self._filter_full(snapshot, request, args.nodes_raw)
+            return reply, _failures_of(args.pod_raw, failed, unresolvable)
         raw_names = args.node_names_raw
         assert raw_names is not None
         # The fit view alone, not the score tables: with the high-throughput profile no
         # prioritize follows, and updating raw scores here would be work for nothing.
         if fits_everywhere(snapshot, request, slots):
-            return wire.filter_reply_names(raw_names, {}, {})
+            return wire.filter_reply_names(raw_names, {}, {}), None
         masks = fit_masks(snapshot, request, slots)
 
         def names_at(positions: IntArray) -> list[str]:
@@ -240,7 +259,8 @@ class ExtenderService:
 
         failed, unresolvable = self._failures(snapshot, request, slots, masks, names_at)
         passing = self._slot_names.names_json(snapshot, slots[masks.ok])
-        return wire.filter_reply_names(passing, failed, unresolvable)
+        reply = wire.filter_reply_names(passing, failed, unresolvable)
+        return reply, _failures_of(args.pod_raw, failed, unresolvable)
 
     def _failures(
         self,
@@ -313,6 +333,12 @@ class ExtenderService:
                 if not request.wants_epc or fits_after_evicting(snapshot, request, node, victims):
                     kept[node] = _meta_victims([v.uid for v in victims], full.NumPDBViolations)
         return wire.encode({"NodeNameToMetaVictims": kept})
+
+
+def _failures_of(
+    pod_raw: bytes, failed: dict[str, str], unresolvable: dict[str, str]
+) -> FilterFailures | None:
+    return FilterFailures(pod_raw, failed, unresolvable) if failed or unresolvable else None
 
 
 def _decisive(scores: IntArray) -> IntArray:

@@ -300,12 +300,51 @@ def _node_affinity(affinity: Affinity | None) -> tuple[NodeSelectorTerm, ...]:
     return tuple(result)
 
 
+_RequestKey = tuple[bytes, tuple[tuple[str, int], ...]]
+_Requests = tuple[dict[str, int], int, int]
+_REQUESTS: dict[_RequestKey, _Requests] = {}
+_REQUESTS_SIZE = 4096
+_key_encoder = msgspec.json.Encoder()
+
+
+def _requests(pod: Pod, epc_resources: Mapping[str, int]) -> _Requests:
+    """The pod's effective EPC bytes by name, millicores and memory bytes, cached.
+
+    A watch sees the same few pod templates over and over (every replica, and each pod again at
+    its bind and at each status change), and parsing quantities into exact fractions is most of
+    the cost of reading a pod. The key is the JSON of exactly the fields
+    `pod_resource_amounts` reads, with the unit table, so an entry can only ever be found for
+    the same inputs: a changed request is a different key, never a stale record. Refusals are
+    not cached (they raise again, with their message).
+    """
+    spec = pod.spec or PodSpec()
+    key = (
+        _key_encoder.encode((spec.containers, spec.initContainers, spec.overhead, spec.resources)),
+        tuple(epc_resources.items()),
+    )
+    found = _REQUESTS.get(key)
+    if found is None:
+        amounts = pod_resource_amounts(pod)
+        found = (
+            epc_of(amounts, epc_resources),
+            _bounded("cpu", ceil_int(amounts.get("cpu", Fraction(0)) * 1000)),
+            _bounded("memory", ceil_int(amounts.get("memory", Fraction(0)))),
+        )
+        if len(_REQUESTS) >= _REQUESTS_SIZE:
+            # The oldest entry; whichever goes, a miss only costs a parse.
+            _REQUESTS.pop(next(iter(_REQUESTS)), None)
+        _REQUESTS[key] = found
+    epc, cpu_milli, memory = found
+    # Each PodInfo gets its own dict: nothing one holder does can reach another, or the cache.
+    return dict(epc), cpu_milli, memory
+
+
 def pod_info(pod: Pod, epc_resources: Mapping[str, int]) -> PodInfo:
     """Reduce a Pod object to what the core needs. Raises ObjectError naming the bad field."""
     meta = pod.metadata or ObjectMeta()
     spec = pod.spec or PodSpec()
     status = pod.status or PodStatus()
-    amounts = pod_resource_amounts(pod)
+    epc, cpu_milli, memory = _requests(pod, epc_resources)
     owner = next(
         (ref.kind for ref in meta.ownerReferences or () if ref.controller),
         None,
@@ -318,9 +357,9 @@ def pod_info(pod: Pod, epc_resources: Mapping[str, int]) -> PodInfo:
         uid=meta.uid or "",
         node_name=spec.nodeName or None,
         phase=status.phase or "Pending",
-        epc=epc_of(amounts, epc_resources),
-        cpu_milli=_bounded("cpu", ceil_int(amounts.get("cpu", Fraction(0)) * 1000)),
-        memory=_bounded("memory", ceil_int(amounts.get("memory", Fraction(0)))),
+        epc=epc,
+        cpu_milli=cpu_milli,
+        memory=memory,
         node_selector=dict(spec.nodeSelector or {}),
         node_affinity=_node_affinity(spec.affinity),
         tolerations=_tolerations(spec.tolerations),

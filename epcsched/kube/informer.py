@@ -390,14 +390,19 @@ class _PodSink:
         if meta is None:
             return None
         key = f"{meta.namespace or 'default'}/{meta.name}"
+        snapshot = self.state.snapshot
         if event_type == "DELETED":
-            self.state.snapshot.remove_pod(key)
+            snapshot.remove_pod(key)
         else:
             info = self.state.pod_from(pod)
             if info is None:
-                self.state.snapshot.remove_pod(key)
+                snapshot.remove_pod(key)
             else:
-                self.state.snapshot.upsert_pod(info)
+                # Most updates of a running pod (status, conditions, IPs) change nothing the
+                # snapshot holds: replacing the record would only mark its node changed and
+                # make every per-node cache redo that node.
+                if info != snapshot.pods.get(key) or key in snapshot.reservations:
+                    snapshot.upsert_pod(info)
                 for listener in self.state.pod_listeners:
                     listener(info)
         return meta.resourceVersion

@@ -25,8 +25,9 @@ cycle waits for (`extender_*`, `extender_ratio`, `extra_ms_per_pod`), and the ex
 process's CPU time per pod. A real kube-scheduler 1.35 adds 2-3 ms of its own work per pod over
 1,000 nodes on 2 cores, which this loop does not have, so both ratios are stricter than a real
 scheduler's. `--before DIR` adds, in the base profile, the extender of an older epcsched package
-(e.g. `git archive <commit> epcsched | tar -x -C DIR`), so before and after share one run. Also
-timed in-process: `ExtenderService.filter` and `prioritize` per pod with the previous pod bound
+(e.g. `git archive <commit> epcsched | tar -x -C DIR`), so before and after share one run;
+`--profile DIR` runs epcsched's extenders under cProfile (slower: for where the time goes, not
+for the figures). Also timed in-process: `ExtenderService.filter` and `prioritize` per pod with the previous pod bound
 into the snapshot between pods, the sizes alternating in blocks.
 
 Prints one JSON line. Targets (issue 10): ratio to the do-nothing extender >= 0.95 at 1,000 and
@@ -365,9 +366,11 @@ def serve(
     procs: list[subprocess.Popen[bytes]],
     *,
     before: Path | None = None,
+    profile_to: Path | None = None,
 ) -> Run:
     """A fake API server holding `load` and, following it or not, the extender of `kind`
-    (`before`: epcsched's extender from the package under that directory)."""
+    (`before`: epcsched's extender from the package under that directory; `profile_to`: run
+    it under cProfile, the statistics written there when it stops)."""
     api_port, ext_port, token = free_port(), free_port(), secrets.token_hex(8)
     api = start([str(HERE), "--role", "api", "--port", str(api_port), "--token", token,
                  "--load", str(load)])  # fmt: skip
@@ -376,7 +379,8 @@ def serve(
     if kind in ("epcsched", "before"):
         path = workdir / f"kubeconfig-{api_port}"
         path.write_text(json.dumps(kubeconfig(f"http://127.0.0.1:{api_port}", token)))
-        extender = start(["-m", "epcsched", "extender", "--kubeconfig", str(path),
+        profiler = [] if profile_to is None else ["-m", "cProfile", "-o", str(profile_to)]
+        extender = start([*profiler, "-m", "epcsched", "extender", "--kubeconfig", str(path),
                           "--port", str(ext_port), "--log-level", "WARNING"],
                          pythonpath=before if kind == "before" else None)  # fmt: skip
     else:
@@ -391,10 +395,17 @@ def serve(
 
 
 def loop(
-    nodes: int, pods: int, warmup: int, block: int, workdir: Path, before: Path | None = None
+    nodes: int,
+    pods: int,
+    warmup: int,
+    block: int,
+    workdir: Path,
+    before: Path | None = None,
+    profile_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Both extenders in both profiles at `nodes` nodes, blocks of pods alternating; with
-    `before`, an older extender too, in the base profile."""
+    `before`, an older extender too, in the base profile; with `profile_dir`, epcsched's
+    extenders run under cProfile (`extender-<nodes>-<profile>.prof` there)."""
     sizes = pod_sizes(warmup + pods, seed=nodes)
     load = workdir / f"cluster-{nodes}.json"
     load.write_bytes(orjson.dumps(cluster_objects(nodes, sizes)))
@@ -405,7 +416,12 @@ def loop(
         for profile in PROFILES:
             for kind in ("epcsched", "do_nothing"):
                 scheduler = Scheduler(names, seed=nodes)
-                runs[profile, kind] = serve(kind, profile, scheduler, load, workdir, procs)
+                profile_to = None
+                if profile_dir is not None and kind == "epcsched":
+                    profile_to = profile_dir.resolve() / f"extender-{nodes}-{profile}.prof"
+                runs[profile, kind] = serve(
+                    kind, profile, scheduler, load, workdir, procs, profile_to=profile_to
+                )
         if before is not None:
             scheduler = Scheduler(names, seed=nodes)
             runs["extender", "before"] = serve(
@@ -532,6 +548,13 @@ def main() -> int:
         help="also run the extender of the epcsched package under DIR, in the base profile "
         "(e.g. `git archive <commit> epcsched | tar -x -C DIR`): before and after in one run",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="run epcsched's extenders under cProfile and write their statistics to DIR "
+        "(read with `python -m pstats`); slows them, so the figures are not comparable",
+    )
     parser.add_argument("--role", choices=["api", "noop"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--token", help=argparse.SUPPRESS)
@@ -544,11 +567,15 @@ def main() -> int:
         serve_noop(args.port)
         return 0
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"loop": []}
     with tempfile.TemporaryDirectory() as tmp:
         for nodes in sizes:
             result["loop"].append(
-                loop(nodes, args.pods, args.warmup, args.block, Path(tmp), args.before)
+                loop(
+                    nodes, args.pods, args.warmup, args.block, Path(tmp), args.before, args.profile
+                )
             )
     result["in_process"] = in_process(sizes, args.pods, args.warmup, args.block)
     per_pod = [r["p50_us"] for r in result["in_process"]]

@@ -171,3 +171,36 @@ def test_many_names_and_scores_of_mixed_lengths() -> None:
     same = [n for n in names if n.startswith("node-")]
     slots = snap.slots_of(same[::-1])
     assert json.loads(out.names_json(snap, slots)) == same[::-1]
+
+
+def test_remembered_lists_are_told_apart_by_their_bytes_not_their_key() -> None:
+    """Lists are remembered whole, keyed by their length and their two ends: two lists that
+    share those but differ inside (two middle chunks swapped) each get their own slots, and a
+    list remembered before the node set changed is read anew after it."""
+    names = [f"aks-dcsv3-{i:05d}" for i in range(200)]
+    snap = cluster(names)
+    resolver = NameResolver()
+    chunks = [names[i : i + 20] for i in range(0, 200, 20)]
+    first = [n for chunk in chunks for n in chunk]
+    chunks[3], chunks[6] = chunks[6], chunks[3]
+    second = [n for chunk in chunks for n in chunk]
+    a, b = compact(first), compact(second)
+    assert a != b and len(a) == len(b) and a[:100] == b[:100] and a[-100:] == b[-100:]
+    for raw in (a, b, a, b, b, a):
+        assert resolved(resolver, raw, snap) == expected(raw, snap)
+    # More lists than are remembered, then the first two again.
+    rng = random.Random(5)
+    others = [compact(chunked(names, 20, rng)) for _ in range(12)]
+    for raw in [*others, a, b, others[-1]]:
+        assert resolved(resolver, raw, snap) == expected(raw, snap)
+    # A node deleted and its slot reused: a list remembered a moment ago now names a node that
+    # is gone.
+    gone = first[70]
+    slot = snap.slots[gone]
+    snap.remove_node(gone)
+    snap.upsert_node(NodeInfo("newcomer", {EPC: 2**30}))
+    assert snap.slots["newcomer"] == slot
+    for raw in (others[-1], a, b):
+        got = resolved(resolver, raw, snap)
+        assert got == expected(raw, snap)
+        assert got[json.loads(raw).index(gone)] == -1 and slot not in got

@@ -28,6 +28,11 @@ from epcsched.extender import wire
 
 _QUOTE, _COMMA, _OPEN, _CLOSE = 0x22, 0x2C, 0x5B, 0x5D
 _EMPTY = np.zeros(0, dtype=np.int64)
+_RECENT = 8
+"""Lists remembered whole, byte for byte, with their slots."""
+_EDGE = 48
+"""Bytes from each end of a list that, with its length, key a remembered list: a key costs no
+pass over the list, and a list that shares it is told apart by one memcmp."""
 
 
 _Run = tuple[bytes, IntArray, int]
@@ -52,26 +57,33 @@ class NameResolver:
         """Reference index of each name, keyed by its JSON (quotes included)."""
         self._slots = _EMPTY
         self._runs: dict[bytes, _Run] = {}
-        self._last: tuple[bytes, IntArray] | None = None
+        self._recent: dict[tuple[int, bytes, bytes], tuple[bytes, IntArray]] = {}
 
     def resolve(self, raw: bytes, snapshot: ClusterSnapshot) -> IntArray:
         """Slot of each name in the JSON array `raw`, -1 for names that are not known nodes.
+        The caller must not modify the array.
 
         Raises `wire.BadRequest` when `raw` is not an array of strings.
         """
         if snapshot.generation != self._generation:
             self._relink(snapshot)
-        last = self._last
-        # prioritize repeats its filter's list exactly: one memcmp answers it.
-        if last is not None and len(last[0]) == len(raw) and last[0] == raw:
-            return last[1]
+        # prioritize repeats its filter's list exactly, and a quiet cluster sends the same few
+        # lists again: one memcmp answers those.
+        key = (len(raw), raw[:_EDGE], raw[-_EDGE:])
+        seen = self._recent.get(key)
+        if seen is not None and seen[0] == raw:
+            return seen[1]
         slots = self._read(raw)
         if slots is None:
             names = wire.decode_node_names(raw)
             slots = snapshot.slots_of(names)
             if wire.encode(names) == raw:
                 self._learn(names, snapshot)
-        self._last = (raw, slots)
+        recent = self._recent
+        recent.pop(key, None)
+        recent[key] = (raw, slots)
+        if len(recent) > _RECENT:
+            del recent[next(iter(recent))]
         return slots
 
     # ----- the fast reading --------------------------------------------------------------
@@ -156,7 +168,7 @@ class NameResolver:
             self._slots = slots
             self._runs = {}
             self._generation = snapshot.generation
-        self._last = None
+        self._recent = {}
 
     def _build(self, names: list[str], encoded: list[bytes], snapshot: ClusterSnapshot) -> None:
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
@@ -170,7 +182,7 @@ class NameResolver:
         self._slots = snapshot.slots_of(names)
         self._runs = {}
         self._generation = snapshot.generation
-        self._last = None
+        self._recent = {}
 
 
 class _Rows:
@@ -193,15 +205,21 @@ class _Rows:
     def array(self, slots: IntArray) -> tuple[npt.NDArray[np.uint8], list[Placed]]:
         """The bytes of a JSON array of the rows of `slots` (each row ends in a comma; the last
         one becomes the `]`), written straight into one buffer, and where each length's rows
-        landed: their positions in `slots` and a view of them in the buffer, for the caller to
-        write into before taking the bytes."""
-        groups = self.group[slots]
-        first = int(groups[0])
-        if first == int(groups.max()) == int(groups.min()):
-            members = [(first, np.arange(slots.shape[0]))]
+        landed: their positions in `slots` (None for all of them, in order) and a view of them
+        in the buffer, for the caller to write into before taking the bytes."""
+        members: list[tuple[int, IntArray | None]]
+        if len(self.tables) == 1:
+            # Every name has the same length (one node pool's naming scheme): no grouping.
+            members = [(0, None)]
         else:
-            members = [(g, np.flatnonzero(groups == g)) for g in np.unique(groups).tolist()]
-        lengths = [self.tables[g].shape[1] * at.shape[0] for g, at in members]
+            groups = self.group[slots]
+            first = int(groups[0])
+            if first == int(groups.max()) == int(groups.min()):
+                members = [(first, None)]
+            else:
+                members = [(g, np.flatnonzero(groups == g)) for g in np.unique(groups).tolist()]
+        counts = [slots.shape[0] if at is None else at.shape[0] for _, at in members]
+        lengths = [self.tables[g].shape[1] * n for (g, _), n in zip(members, counts, strict=True)]
         out = np.empty(1 + sum(lengths), dtype=np.uint8)
         out[0] = _OPEN
         placed: list[Placed] = []
@@ -209,15 +227,16 @@ class _Rows:
         for (group, at), length in zip(members, lengths, strict=True):
             table = self.tables[group]
             view = out[start : start + length].reshape(-1, table.shape[1])
+            rows = self.row[slots] if at is None else self.row[slots[at]]
             # mode="clip" writes straight into `view`; "raise" would go through a temporary.
-            np.take(table, self.row[slots[at]], axis=0, out=view, mode="clip")
+            np.take(table, rows, axis=0, out=view, mode="clip")
             placed.append((at, view))
             start += length
         out[-1] = _CLOSE
         return out, placed
 
 
-Placed = tuple[IntArray, npt.NDArray[np.uint8]]
+Placed = tuple[IntArray | None, npt.NDArray[np.uint8]]
 
 
 # Below this many entries a Python join is cheaper than numpy's fixed cost per call.
@@ -275,6 +294,7 @@ class SlotNames:
         out, placed = self._entries.array(slots)
         column = len(_SCORE_HEAD)
         for at, rows in placed:
-            rows[:, column] = _TENS[scores[at]]
-            rows[:, column + 1] = _ONES[scores[at]]
+            these = scores if at is None else scores[at]
+            rows[:, column] = _TENS[these]
+            rows[:, column + 1] = _ONES[these]
         return out.tobytes()

@@ -2,12 +2,15 @@
 
 kube-scheduler asks to prioritize the same few kinds of pod (the replicas of a workload) over
 the same nodes, one pod at a time, with one node changed in between (the last bind). A node's
-raw score and whether the pod fits it depend only on that node and the pod's requests, so they
-are computed for every slot once per kind of pod, and afterwards only for the slots the
-snapshot reports changed. A request then gathers its candidates' raw scores, and only the
-candidates above the lowest need spreading onto 0..10: with binpack on a live cluster, the
-handful of partly filled nodes. The spreading is the core's own `normalise`, given the lowest
-and the highest raw score, so every score is the one the core computes over all candidates.
+raw score depends only on that node and the pod's requests, so it is computed for every slot
+once per kind of pod, and afterwards only for the slots the snapshot reports changed (one call
+of the core's `raw_scores` for those few slots). Whether the pod fits every candidate is the
+core's `fits_everywhere` over the snapshot's own fit view, which the snapshot keeps current;
+when one does not fit, the caller scores the general way. A request then gathers its
+candidates' raw scores, and only the candidates above the lowest need spreading onto 0..10:
+with binpack on a live cluster, the handful of partly filled nodes. The spreading is the
+core's own `normalise`, given the lowest and the highest raw score, so every score is the one
+the core computes over all candidates.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from epcsched.core.fit import PodRequest
-from epcsched.core.score import normalise, raw_and_eligible
-from epcsched.core.snapshot import BoolArray, ClusterSnapshot, FloatArray, IntArray
+from epcsched.core.fit import PodRequest, fits_everywhere
+from epcsched.core.score import normalise, raw_and_eligible, raw_scores
+from epcsched.core.snapshot import ClusterSnapshot, FloatArray, IntArray
 
 _TABLES = 8
 
@@ -28,11 +31,10 @@ _Key = tuple[tuple[tuple[str, int], ...], int, int]
 
 @dataclass(slots=True)
 class _Table:
-    """Raw score and fit of one kind of pod at every slot, plus the spare slot -1 reads."""
+    """Raw score of one kind of pod at every slot, plus the spare slot -1 reads."""
 
     mark: tuple[int, int]
     raw: FloatArray
-    ok: BoolArray
 
 
 class ScoreTables:
@@ -52,24 +54,25 @@ class ScoreTables:
             changed = snapshot.changed_since(table.mark)
             if changed is not None:
                 if changed.shape[0]:
-                    table.raw[changed], table.ok[changed] = self._score(snapshot, request, changed)
+                    table.raw[changed] = self._raw(snapshot, request, changed)
                 table.mark = snapshot.mark()
                 return table
         size = len(snapshot.slot_names)
         raw = np.zeros(size + 1, dtype=np.float64)
-        ok = np.zeros(size + 1, dtype=np.bool_)
-        raw[:size], ok[:size] = self._score(snapshot, request, np.arange(size, dtype=np.int64))
-        table = self._tables[key] = _Table(snapshot.mark(), raw, ok)
+        raw[:size] = self._raw(snapshot, request, np.arange(size, dtype=np.int64))
+        table = self._tables[key] = _Table(snapshot.mark(), raw)
         if len(self._tables) > _TABLES:
             self._tables.popitem(last=False)
         return table
 
-    def _score(
-        self, snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray
-    ) -> tuple[FloatArray, BoolArray]:
-        return raw_and_eligible(
+    def _raw(self, snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray) -> FloatArray:
+        """The core's raw scores at `slots`; fit is not needed here (see `above_lowest`)."""
+        if request.wants_epc:
+            return raw_scores(snapshot, request, slots, self.strategy)
+        raw, _ = raw_and_eligible(
             snapshot, request, slots, self.strategy, prefer_non_sgx=self.prefer_non_sgx
         )
+        return raw
 
     def above_lowest(
         self, snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray
@@ -77,20 +80,20 @@ class ScoreTables:
         """Positions in `slots` that score above the lowest candidate, with their scores 1..10
         (the lowest scores 0, or all alike when every raw score is equal); None when some
         candidate does not fit, for the caller to score every candidate the general way."""
-        table = self._table(snapshot, request)
-        if slots.shape[0] == 0 or not table.ok[slots].all():
+        if slots.shape[0] == 0 or not fits_everywhere(snapshot, request, slots):
             return None
-        raw = table.raw[slots]
+        raw = self._table(snapshot, request).raw[slots]
         low, high = raw.min(), raw.max()
         if high == low:
             return _NONE, _NONE
-        above = np.flatnonzero(raw > low)
-        if 2 * above.shape[0] > raw.shape[0]:
+        higher = raw > low
+        if 2 * np.count_nonzero(higher) > raw.shape[0]:
             # Most candidates differ from the lowest (a cluster of varied loads): spread all.
             scores = normalise(raw, np.ones(raw.shape[0], dtype=np.bool_))
             kept = np.flatnonzero(scores)
             return kept, scores[kept]
         # With the lowest raw score beside them, normalise spreads exactly as over all.
+        above = np.flatnonzero(higher)
         values = np.append(raw[above], low)
         scores = normalise(values, np.ones(values.shape[0], dtype=np.bool_))[:-1]
         kept = np.flatnonzero(scores)

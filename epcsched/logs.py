@@ -115,6 +115,11 @@ def setup(level: str = "INFO", fmt: str = "text", *, stream: TextIO | None = Non
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)
     root.setLevel(level_name(level))
+    # No format here shows them, and looking them up is a fair share of a record's cost on
+    # the extender's per-pod decision line (the documented switches of the logging module).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # Python warnings would otherwise print free text between JSON lines.
     logging.captureWarnings(True)
 

@@ -63,3 +63,44 @@ def test_full_nodes_items_without_a_name_or_that_do_not_decode() -> None:
     raw = json.dumps(bad).encode()
     with pytest.raises(wire.BadRequest, match=r"^Nodes: items\[3\]: .*lots"):
         wire.decode_node(raw, 3, DEFAULT_EPC_RESOURCES)
+
+
+@pytest.mark.parametrize("tail", [b"}", b"}\n", b"} \r\n\t", b" }", b"\n}\n"])
+def test_whitespace_after_the_names_does_not_stop_the_slicing(tail: bytes) -> None:
+    body = b'{"Pod":' + POD + b',"NodeNames":["a"]' + tail
+    args = wire.split_args(body)
+    assert args.names_from_tail is True
+    assert args.node_names_raw == b'["a"]'
+
+
+def test_the_full_reading_says_so_and_drops_null_names() -> None:
+    body = b'{"NodeNames":null,"Nodes":{"items":[]},"Pod":' + POD + b"}"
+    args = wire.split_args(body)
+    assert args.names_from_tail is False
+    assert args.node_names_raw is None
+    assert args.nodes_raw == b'{"items":[]}'
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            b'{"Nodes":null,"NodeNames":["a"]}',
+            "missing Pod: the request must carry the pod being scheduled",
+        ),
+        (
+            b'{"Pod":null,"NodeNames":["a"]}',
+            "missing Pod: the request must carry the pod being scheduled",
+        ),
+        (b'{"Pod":{},"NodeNames":null}', "the request has neither NodeNames nor Nodes"),
+        (b"[]", "request body must be a JSON object: Expected `object`, got `array`"),
+        (b"{]", "malformed JSON: JSON is malformed: "),
+        (b'{"a":' * 5000 + b"1" + b"}" * 5000, "malformed JSON: nested too deeply"),
+    ],
+)
+def test_refusals_are_worded_exactly(body: bytes, message: str) -> None:
+    with pytest.raises(wire.BadRequest) as caught:
+        wire.split_args(body)
+    # Ours up to the colon; msgspec's own words after "JSON is malformed: " (byte offsets).
+    text = str(caught.value)
+    assert text == message or (message.endswith(": ") and text.startswith(message)), text

@@ -423,10 +423,14 @@ def seeds(target: Target, args: argparse.Namespace, base: Path) -> None:
     work = base / (slug(target.path) + "-seeds")
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(base / "snapshot", work)
-    whole = OUT / "results" / f"{slug(target.path)}.json"
-    if not whole.exists():
-        whole = OUT / "results" / "functions" / f"{slug(target.path)}.json"
-    stored = json.loads(whole.read_text())
+    # The mutants some stored run killed: the whole file's, else its functions', else the
+    # "before" run's (the mutants are the same while the file is; the tests are HEAD's).
+    candidates = [
+        OUT / kind / sub / f"{slug(target.path)}.json"
+        for kind in ("results", "baseline")
+        for sub in ("", "functions")
+    ]
+    stored = json.loads(next(p for p in candidates if p.exists()).read_text())
     killed = tuple(m["name"] for m in stored["mutants"] if m["status"] == "killed")
     if args.sample and len(killed) > args.sample:
         # An even spread over the file (mutants are numbered in source order), not the first N.

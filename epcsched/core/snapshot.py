@@ -37,6 +37,11 @@ _STAMPS = itertools.count(1)
 #: EPC pressure); far below any real request, so one comparison rejects it.
 NO_FIT = -(2**62)
 
+#: Up to this many changed slots, derived arrays are updated slot by slot in plain Python: an
+#: event between two requests changes one or two slots, and a numpy call on so few elements
+#: costs more in its overhead than the arithmetic itself.
+_FEW_SLOTS = 8
+
 
 @dataclass(frozen=True, slots=True)
 class Headroom:
@@ -431,17 +436,16 @@ class ClusterSnapshot:
             return None
         return np.array(self._touched[read:], dtype=np.int64)
 
-    def _stale(self, derived: _Derived | None) -> IntArray | None:
+    def _stale(self, derived: _Derived | None) -> list[int] | None:
         """The slots `derived` must update to be current, or None when it must be rebuilt.
 
         Marks it current: the caller updates it before anyone else reads it.
         """
-        if derived is None:
+        if derived is None or derived.layout != self._layout:
             return None
-        changed = self.changed_since((derived.layout, derived.read))
-        if changed is not None:
-            derived.read = len(self._touched)
-            derived.version = self.version
+        changed = self._touched[derived.read :]
+        derived.read = len(self._touched)
+        derived.version = self.version
         return changed
 
     def _fit_at(self, name: str, slots: IntArray) -> IntArray:
@@ -452,6 +456,22 @@ class ClusterSnapshot:
                 if names[slot] in self.pressure:
                     view[i] = NO_FIT
         return view
+
+    def _fit_one(self, name: str, slot: int) -> int:
+        """`_fit_at` for one slot, in Python integers: the same figure, without numpy's cost
+        per call (`free` spelled out for one slot)."""
+        column = self.epc[name]
+        if not column.has[slot] or (self.pressure and self.slot_names[slot] in self.pressure):
+            return NO_FIT
+        allocatable, headroom = int(column.allocatable[slot]), int(column.headroom[slot])
+        by_requests = (
+            allocatable - int(column.requested[slot]) - int(column.reserved[slot]) - headroom
+        )
+        usage = int(self.usage[slot])
+        if self.accounting == "requests" or usage < 0:
+            return by_requests
+        measured = allocatable - usage - headroom
+        return measured if self.accounting == "usage" else min(by_requests, measured)
 
     def fit_view(self, name: str) -> IntArray:
         """Free EPC of `name` for every slot, `NO_FIT` where no EPC pod may go, plus one slot.
@@ -468,8 +488,12 @@ class ClusterSnapshot:
         changed = self._stale(derived)
         if derived is not None and changed is not None:
             view = derived.view
-            if changed.shape[0]:
-                view[changed] = self._fit_at(name, changed)
+            if len(changed) <= _FEW_SLOTS:
+                for slot in changed:
+                    view[slot] = self._fit_one(name, slot)
+            else:
+                at = np.array(changed, dtype=np.int64)
+                view[at] = self._fit_at(name, at)
             return view
         size = self._size
         view = np.full(size + 1, NO_FIT, dtype=np.int64)
@@ -491,9 +515,18 @@ class ClusterSnapshot:
         changed = self._stale(derived)
         if derived is not None and changed is not None:
             used, allocatable = derived.used, derived.allocatable
-            if changed.shape[0]:
-                allocatable[changed] = self.epc[name].allocatable[changed]
-                used[changed] = _used(view[changed], allocatable[changed])
+            if len(changed) <= _FEW_SLOTS:
+                # `_used` for one slot: the same float64 operations on the same integers.
+                column = self.epc[name].allocatable
+                for slot in changed:
+                    total = float(column[slot])
+                    free = int(view[slot])
+                    allocatable[slot] = total
+                    used[slot] = 0.0 if free == NO_FIT else total - float(free)
+            else:
+                at = np.array(changed, dtype=np.int64)
+                allocatable[at] = self.epc[name].allocatable[at]
+                used[at] = _used(view[at], allocatable[at])
             return used, allocatable
         allocatable = np.zeros(self._size + 1, dtype=np.float64)
         allocatable[: self._size] = self.epc[name].allocatable

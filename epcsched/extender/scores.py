@@ -75,12 +75,18 @@ class ScoreTables:
         return raw
 
     def above_lowest(
-        self, snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray
+        self,
+        snapshot: ClusterSnapshot,
+        request: PodRequest,
+        slots: IntArray,
+        *,
+        fits: bool = False,
     ) -> tuple[IntArray, IntArray] | None:
         """Positions in `slots` that score above the lowest candidate, with their scores 1..10
         (the lowest scores 0, or all alike when every raw score is equal); None when some
-        candidate does not fit, for the caller to score every candidate the general way."""
-        if slots.shape[0] == 0 or not fits_everywhere(snapshot, request, slots):
+        candidate does not fit, for the caller to score every candidate the general way.
+        `fits`: the caller knows every candidate fits `snapshot` as it is."""
+        if slots.shape[0] == 0 or not (fits or fits_everywhere(snapshot, request, slots)):
             return None
         raw = self._table(snapshot, request).raw[slots]
         low, high = raw.min(), raw.max()

@@ -87,6 +87,9 @@ class ExtenderService:
         self._last: (
             tuple[int, bytes, tuple[wire.ExtenderArgs, IntArray | None, PodRequest]] | None
         ) = None
+        self._fits: tuple[int, IntArray, PodRequest] | None = None
+        """The snapshot version, slots and request a filter last found fitting everywhere:
+        prioritize repeats its filter's list, and need not check the same fit again."""
 
     @property
     def strategy(self) -> str:
@@ -246,6 +249,7 @@ class ExtenderService:
         # The fit view alone, not the score tables: with the high-throughput profile no
         # prioritize follows, and updating raw scores here would be work for nothing.
         if fits_everywhere(snapshot, request, slots):
+            self._fits = (snapshot.version, slots, request)
             return wire.filter_reply_names(raw_names, {}, {}), None
         masks = fit_masks(snapshot, request, slots)
 
@@ -292,7 +296,17 @@ class ExtenderService:
         if slots is None:
             assert args.nodes_raw is not None
             return self._prioritize_full(snapshot, request, args.nodes_raw)
-        found = self._scores.above_lowest(snapshot, request, slots)
+        fits = self._fits
+        found = self._scores.above_lowest(
+            snapshot,
+            request,
+            slots,
+            # The very list and request its filter passed whole, with nothing changed since.
+            fits=fits is not None
+            and fits[0] == snapshot.version
+            and fits[1] is slots
+            and fits[2] is request,
+        )
         if found is not None:
             positions, scores = found
             return self._slot_names.scores_json(snapshot, slots[positions], scores)

@@ -1,0 +1,86 @@
+"""Prioritize's shortcuts after its filter never answer for a cluster or a pod that changed.
+
+Protects issue 10's per-request shortcuts: prioritize repeats its filter's list, so the filter's
+finding that every listed node fits is reused, but only for that very list and pod with nothing
+changed in the snapshot since; and the score tables, updated node by node, give the same scores
+as scoring from scratch. Expected replies are worked out by hand (binpack: the node fullest after
+placement scores 10, the emptiest fitting node 0 and is left out).
+"""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+
+from epcsched.extender.service import ExtenderService
+from epcsched.objects import Pod, pod_info
+from epcsched.quantity import DEFAULT_EPC_RESOURCES
+from tests.helpers import node, pod, snapshot_of
+
+
+def body(*names: str, epc: str = "16Mi", name: str = "p") -> bytes:
+    return json.dumps({"Pod": pod(name, epc), "Nodes": None, "NodeNames": list(names)}).encode()
+
+
+def passing(reply: bytes) -> list[str]:
+    return list(json.loads(reply)["NodeNames"])
+
+
+def bound(name: str, epc: str, node_name: str) -> object:
+    obj = pod(name, epc, node_name=node_name)
+    obj["status"] = {"phase": "Running"}
+    return pod_info(msgspec.convert(obj, Pod), DEFAULT_EPC_RESOURCES)
+
+
+def test_a_node_filled_after_the_filter_is_not_scored_as_fitting() -> None:
+    # a: 1Gi, empty; b: 1Gi holding 512Mi. The 16Mi pod fits both.
+    snap = snapshot_of(node("a", "1Gi"), node("b", "1Gi"), pod("x", "512Mi", node_name="b"))
+    service = ExtenderService(lambda: snap, strategy="binpack")
+    request = body("a", "b")
+    assert passing(service.filter(request)) == ["a", "b"]
+    # Between filter and prioritize, 1010Mi lands on a: 14Mi free, too little for 16Mi.
+    snap.upsert_pod(bound("y", "1010Mi", "a"))  # type: ignore[arg-type]
+    # Only b may be scored; alone, it is the best (10). Were a still taken to fit, a would be
+    # fullest after placement (1026Mi of 1Gi) and win instead.
+    assert json.loads(service.prioritize(request)) == [{"Host": "b", "Score": 10}]
+
+
+def test_another_pod_on_the_same_list_is_checked_again() -> None:
+    snap = snapshot_of(node("a", "1Gi"), node("b", "1Gi"), pod("x", "512Mi", node_name="b"))
+    service = ExtenderService(lambda: snap, strategy="binpack")
+    assert passing(service.filter(body("a", "b"))) == ["a", "b"]
+    # A 600Mi pod over the same names: b has 512Mi free, so only a fits, and scores 10 alone.
+    # (Were the small pod's finding reused, b would be fullest after placement and win.)
+    bigger = body("a", "b", epc="600Mi", name="q")
+    assert json.loads(service.prioritize(bigger)) == [{"Host": "a", "Score": 10}]
+    # Its own filter says the same.
+    assert passing(service.filter(bigger)) == ["a"]
+
+
+def test_scores_follow_binds_node_by_node() -> None:
+    """After each bind the listed scores equal a fresh service's over the same snapshot."""
+    names = [f"n{i}" for i in range(6)]
+    snap = snapshot_of(*(node(n, "1Gi") for n in names))
+    service = ExtenderService(lambda: snap, strategy="binpack")
+    sizes = ["100Mi", "300Mi", "50Mi", "200Mi", "100Mi", "250Mi", "64Mi"]
+    for i, size in enumerate(sizes):
+        request = body(*names, epc="64Mi", name=f"p{i}")
+        assert passing(service.filter(request)) == names
+        ours = json.loads(service.prioritize(request))
+        fresh = json.loads(ExtenderService(lambda: snap, strategy="binpack").prioritize(request))
+        assert sorted(ours, key=str) == sorted(fresh, key=str)
+        snap.upsert_pod(bound(f"b{i}", size, names[(i * 5) % 6]))  # type: ignore[arg-type]
+    # By hand, after the binds (i-th on n[5i mod 6]): n0 100+64Mi, n1 250, n2 100, n3 200,
+    # n4 50, n5 300. With the 64Mi pod placed, of 1024Mi each: n0 228, n1 314, n2 164,
+    # n3 264, n4 114 (lowest, left out), n5 364 (best, 10). Spread over 114..364:
+    # n0 (228-114)/250*10 = 4.56 -> 5, n1 8.0 -> 8, n2 2.0 -> 2, n3 6.0 -> 6.
+    request = body(*names, epc="64Mi", name="last")
+    assert passing(service.filter(request)) == names
+    assert sorted(json.loads(service.prioritize(request)), key=lambda e: e["Host"]) == [
+        {"Host": "n0", "Score": 5},
+        {"Host": "n1", "Score": 8},
+        {"Host": "n2", "Score": 2},
+        {"Host": "n3", "Score": 6},
+        {"Host": "n5", "Score": 10},
+    ]

@@ -272,3 +272,10 @@ def test_the_l2_fallback_still_finds_the_peak_moment(tmp_path: Path) -> None:
     scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=4)])
     bound = lower_bound(scenario, workload)
     assert (bound.peak_nodes, bound.method, bound.per_pool["p"].at_s) == (31, "l2", 200)
+
+
+def test_the_moment_of_a_one_node_peak_is_reported(tmp_path: Path) -> None:
+    # One pod, from t=5: the bound is 1 node, reached at 5 s.
+    scenario, workload = trace_scenario(tmp_path, [(5, 100, 1024, 1, 1)], pools=[pool(size=1)])
+    bound = lower_bound(scenario, workload)
+    assert (bound.peak_nodes, bound.per_pool["p"].at_s) == (1, 5)

@@ -41,6 +41,10 @@ log = logging.getLogger("epcsched.kube.informer")
 #: Pods that can still hold resources, as kube-scheduler's own pod informer selects them.
 ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 
+#: A watch line longer than this is refused (the watch is then resumed): etcd keeps objects
+#: under 1.5 MiB, so only a broken stream gets here, and it must not grow memory without end.
+MAX_EVENT_BYTES = 16 * 2**20
+
 
 # ----- wire structs ----------------------------------------------------------------------
 class ListMeta(msgspec.Struct):
@@ -309,31 +313,46 @@ class Reflector:
                 body = await response.read()
                 raise _failure(response.status, body, response.headers.get("Retry-After"))
             content = response.content
+            # Events are JSON lines; reading whatever arrived and splitting it here costs one
+            # wake-up per chunk (usually one event), without the stream's line search.
+            pending = b""
             while True:
-                line = await content.readline()
-                if not line:
+                data = await content.readany()
+                if not data:
+                    # The server ended the watch; a last line without its newline still counts.
+                    if pending and not pending.isspace():
+                        self._event(pending)
+                        delivered = True
                     return delivered
-                if line.isspace():
-                    continue
-                event = _event_decoder.decode(line)
-                delivered = True
-                if event.type == "ERROR":
-                    status = _status_decoder.decode(event.object)
-                    cls = Gone if status.code == 410 else ApiFailure
-                    raise cls(status.code, status.reason, status.message)
-                if event.type == "BOOKMARK":
-                    version = _version_decoder.decode(event.object).metadata
-                    if version is not None and version.resourceVersion:
-                        self.status.resource_version = version.resourceVersion
-                    self.status.bookmarks += 1
-                    continue
-                seen = self.sink.apply(event.type, event.object)
-                if seen:
-                    self.status.resource_version = seen
-                self.status.events += 1
+                lines = (pending + data if pending else data).split(b"\n")
+                pending = lines.pop()
+                if len(pending) > MAX_EVENT_BYTES:
+                    raise ValueError(f"a watch event longer than {MAX_EVENT_BYTES} bytes")
+                for line in lines:
+                    if line and not line.isspace():
+                        self._event(line)
+                        delivered = True
         finally:
             # A watch cut short leaves unread bytes: close instead of reusing the connection.
             response.close()
+
+    def _event(self, line: bytes) -> None:
+        """Apply one watch event line."""
+        event = _event_decoder.decode(line)
+        if event.type == "ERROR":
+            status = _status_decoder.decode(event.object)
+            cls = Gone if status.code == 410 else ApiFailure
+            raise cls(status.code, status.reason, status.message)
+        if event.type == "BOOKMARK":
+            version = _version_decoder.decode(event.object).metadata
+            if version is not None and version.resourceVersion:
+                self.status.resource_version = version.resourceVersion
+            self.status.bookmarks += 1
+            return
+        seen = self.sink.apply(event.type, event.object)
+        if seen:
+            self.status.resource_version = seen
+        self.status.events += 1
 
 
 # ----- sinks into the snapshot -----------------------------------------------------------

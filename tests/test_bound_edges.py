@@ -279,3 +279,21 @@ def test_the_moment_of_a_one_node_peak_is_reported(tmp_path: Path) -> None:
     scenario, workload = trace_scenario(tmp_path, [(5, 100, 1024, 1, 1)], pools=[pool(size=1)])
     bound = lower_bound(scenario, workload)
     assert (bound.peak_nodes, bound.per_pool["p"].at_s) == (1, 5)
+
+
+def test_l2_where_dropping_small_items_raises_the_bound() -> None:
+    # Bins of 100. Big items 90 and 90 leave 10 each, too little for any 40: counting only the
+    # items of at least 40 (alpha = 40), 2 + ceil(120 / 100) = 4 bins, above the volume (3).
+    assert l2_bound(np.asarray([90, 90, 40, 40, 40], dtype=np.int64), 100) == 4
+    # 80 and 70 leave 20 and 30; the items of at least 40 (40, 40, 45) need ceil(125 / 100) = 2
+    # more bins: 4 (first-fit-decreasing needs 4 too: 80+20, 70, 45+40, 40).
+    items = np.asarray([20, 40, 40, 45, 70, 80], dtype=np.int64)
+    assert l2_bound(items, 100) == 4 == first_fit_decreasing(items, 100)
+
+
+def test_headroom_shrinks_the_bins(tmp_path: Path) -> None:
+    # 8 GiB nodes with 1 GiB kept free: two 4 GiB pods no longer share a node.
+    jobs = [(0, 100, 4096, 1, 1), (0, 100, 4096, 1, 1)]
+    scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=2)], headroom="1Gi")
+    bound = lower_bound(scenario, workload)
+    assert (bound.peak_nodes, bound.per_pool["p"].capacity) == (2, 7 * 2**30)

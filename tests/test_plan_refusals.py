@@ -169,3 +169,121 @@ def test_min_size_counts_the_nodes_already_removed_in_the_same_plan() -> None:
         result = run(snap, [pool("p", "n1", "n2", "n3", min_size=min_size)], unneeded=tuple(nodes))
         assert len(result.scale_downs) == removed, min_size
         assert result.targets == {"p": 3 - removed}
+
+
+# ----- the scale-down scan goes on past each node it skips -------------------------------------
+
+
+def idle(*names: str, epc: float = 1.0) -> dict[str, tuple[str | None, dict[str, float]]]:
+    return {f"on-{n}": (n, {EPC: epc}) for n in names}
+
+
+def test_each_skipped_node_does_not_end_the_scan() -> None:
+    # "ghost" is not in the snapshot, "hot" pages, "busy" is over half full, "pinned" holds a pod
+    # that blocks a drain; each comes before "n1" (idle) in the pool's list, and n1 still goes
+    # (its pod moves to busy, the fullest node that fits).
+    pods = idle("n1") | {"full": ("busy", {EPC: 12}), "hot-pod": ("hot", {EPC: 1})}
+    snap = cluster({n: TEMPLATE for n in ("hot", "busy", "pinned", "n1")}, pods)
+    bare = PodInfo("default", "bare", node_name="pinned", phase="Running", epc={EPC: GIB})
+    snap.upsert_pod(bare)
+    snap.set_pressure("hot", "EPC paging 500 pages/s above 100")
+    pools = [pool("p", "ghost", "hot", "busy", "pinned", "n1")]
+    result = run(snap, pools, unneeded=("hot", "busy", "pinned", "n1"), pressure=False)
+    assert [d.node for d in result.scale_downs] == ["n1"]
+    assert result.placements == (Placement("default/on-n1", "busy", None, "n1"),)
+    # No node that may not go is remembered as unneeded.
+    assert result.unneeded_since == {}
+
+
+def test_a_pool_that_may_not_shrink_does_not_stop_the_others() -> None:
+    # Pool "a" grew recently (or sits at its minimum); its node is the least used, so it is
+    # considered first, skipped, and pool "b"'s node still goes.
+    snap = cluster(
+        {"a1": TEMPLATE, "a2": TEMPLATE, "b1": TEMPLATE, "b2": TEMPLATE},
+        idle("a1", epc=0.5) | idle("b1") | {"x": ("a2", {EPC: 9}), "y": ("b2", {EPC: 9})},
+    )
+    for blocked in ({"last_scale_up": 1e4 - 60}, {"min_size": 2}):
+        pools = [pool("a", "a1", "a2", **blocked), pool("b", "b1", "b2")]
+        result = run(snap, pools, unneeded=("a1", "b1"), pressure=False)
+        assert [d.node for d in result.scale_downs] == ["b1"], blocked
+
+
+def test_the_delay_after_a_scale_up_ends_exactly_on_time() -> None:
+    snap = cluster({"n1": TEMPLATE, "n2": TEMPLATE}, idle("n1", "n2"))
+    for last, removed in ((1e4 - 600, 1), (1e4 - 599, 0)):
+        pools = [pool("p", "n1", "n2", last_scale_up=last, min_size=1)]
+        result = run(snap, pools, unneeded=("n1", "n2"))
+        assert len(result.scale_downs) == removed, last
+
+
+def test_a_node_at_exactly_the_utilization_threshold_is_needed() -> None:
+    # 8 of 16 GiB is 0.5, not below scale_down_utilization 0.5.
+    snap = cluster({"n1": TEMPLATE, "n2": TEMPLATE}, idle("n1", epc=8) | idle("n2", epc=7.5))
+    result = run(snap, [pool("p", "n1", "n2")], unneeded=("n1", "n2"), pressure=False)
+    assert [d.node for d in result.scale_downs] == ["n2"]
+    assert "n1" not in result.unneeded_since
+
+
+def test_a_removal_that_lands_exactly_on_target_is_allowed() -> None:
+    # Target 75 %: removing n2 puts 12 of 16 GiB (exactly 75 %) on n1, not over it.
+    snap = cluster({"n1": TEMPLATE, "n2": TEMPLATE}, idle("n1", epc=8) | idle("n2", epc=4))
+    result = run(
+        snap,
+        [pool("p", "n1", "n2")],
+        unneeded=("n1", "n2"),
+        target_utilization=0.75,
+        scale_down_utilization=0.6,
+    )
+    assert [d.node for d in result.scale_downs] == ["n2"]
+
+
+def test_cluster_autoscaler_emulation_measures_nodes_by_cpu_and_memory() -> None:
+    # n1 holds 12 GiB of EPC but 100m of 4 cores: by EPC it is needed (75 %), by CPU and memory
+    # (as cluster-autoscaler measures) it is not, and its pod fits n2 by CPU and memory.
+    snap = cluster({"n1": TEMPLATE, "n2": TEMPLATE}, idle("n1", epc=12) | idle("n2", epc=1))
+    pools = [pool("p", "n1", "n2", min_size=1)]
+    aware = run(snap, pools, unneeded=("n1", "n2"), pressure=False)
+    assert [d.node for d in aware.scale_downs] == ["n2"]
+    emulated = run(snap, pools, unneeded=("n1", "n2"), epc_aware=False)
+    assert [d.node for d in emulated.scale_downs] == ["n1"]
+
+
+def test_pending_pods_the_plan_settles_take_their_room_before_a_drain() -> None:
+    # n1 holds 8 GiB; a 6 GiB pod is pending and settles on n1 (the fuller node that fits):
+    # 14 of 16. n2 holds 3 GiB and is unneeded, but its pod no longer fits n1, so n2 stays.
+    snap = cluster(
+        {"n1": TEMPLATE, "n2": TEMPLATE},
+        {"a": ("n1", {EPC: 8}), "b": ("n2", {EPC: 3}), "c": (None, {EPC: 6})},
+    )
+    result = run(snap, [pool("p", "n1", "n2")], unneeded=("n2",), pressure=False)
+    assert result.placements == (Placement("default/c", "n1"),)
+    assert result.scale_downs == ()
+
+
+def test_the_node_unneeded_longest_goes_first_among_equals() -> None:
+    snap = cluster({"n1": TEMPLATE, "n2": TEMPLATE}, idle("n1", "n2"))
+    since = {"n1": 100.0, "n2": 0.0}
+    result = plan(PlanInput(snap, [pool("p", "n1", "n2", min_size=1)], 1e4, PlanPolicy(), since))
+    assert [d.node for d in result.scale_downs] == ["n2"]
+
+
+def test_a_drain_moves_the_biggest_pods_first() -> None:
+    # x holds 5 and 2 GiB; r1 has 5 GiB free, r2 2. Under spread, moving the 2 GiB pod first
+    # would put it on the emptier r1 and leave the 5 GiB pod nowhere; biggest first, both fit.
+    snap = cluster(
+        {"x": TEMPLATE, "r1": TEMPLATE, "r2": TEMPLATE},
+        {
+            "big": ("x", {EPC: 5}),
+            "small": ("x", {EPC: 2}),
+            "u1": ("r1", {EPC: 11}),
+            "u2": ("r2", {EPC: 14}),
+        },
+    )
+    result = run(
+        snap, [pool("p", "x", "r1", "r2")], unneeded=("x",), pressure=False, strategy="spread"
+    )
+    assert [d.node for d in result.scale_downs] == ["x"]
+    assert result.placements == (
+        Placement("default/big", "r1", None, "x"),
+        Placement("default/small", "r2", None, "x"),
+    )

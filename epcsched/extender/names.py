@@ -35,12 +35,12 @@ _EDGE = 48
 pass over the list, and a list that shares it is told apart by one memcmp."""
 
 
-_Run = tuple[bytes, bytes, int]
-"""Consecutive names of the reference: their JSON (`"a","b"`), their slots (the bytes of an
-int64 array), and the step from the run's first byte to the first byte after its separator. A
-tuple, because the reading loop indexes it once per run and a tuple index is the cheapest read
-Python has; slots as bytes, because joining bytes costs far less per run than
-`np.concatenate` does per array."""
+_Run = tuple[bytes, bytes, int, bytes]
+"""Consecutive names of the reference: their JSON with the comma that follows them inside a
+list (`"a","b",`), their slots (the bytes of an int64 array), the length of that JSON, and the
+JSON alone (for the list's last run, which a `]` follows). A tuple, because the reading loop
+indexes it once per run and a tuple index is the cheapest read Python has; slots as bytes,
+because joining bytes costs far less per run than `np.concatenate` does per array."""
 
 
 class NameResolver:
@@ -58,6 +58,8 @@ class NameResolver:
         self._position: dict[bytes, int] = {}
         """Reference index of each name, keyed by its JSON (quotes included)."""
         self._slots = _EMPTY
+        self._width = 0
+        """The length of every reference name's JSON when they all have one, else 0."""
         self._runs: dict[bytes, _Run] = {}
         self._recent: dict[tuple[int, bytes, bytes], tuple[bytes, IntArray]] = {}
 
@@ -96,25 +98,35 @@ class NameResolver:
         if last == 1:
             return _EMPTY
         runs_get, find, startswith = self._runs.get, raw.find, raw.startswith
+        width = self._width
         parts: list[bytes] = []
         append = parts.append
         pos = 1
-        # Once per run, not per name: the loop is kept to a handful of C calls.
+        # Once per run, not per name: the loop is kept to a handful of C calls. A run matched
+        # with its comma is followed by another; only the last one is followed by the `]`.
         while True:
             # The first name's JSON when it has no escapes; otherwise (or when `pos` is not at
-            # a quote) the key is no name's JSON and the lookup fails, as it should.
-            key = raw[pos : find(b'"', pos + 1) + 1]
+            # a quote) the key is no name's JSON and the lookup fails, as it should. When every
+            # reference name's JSON has one length, any name found is that long: no search.
+            key = raw[pos : pos + width] if width else raw[pos : find(b'"', pos + 1) + 1]
             run = runs_get(key)
-            if run is None or not startswith(run[0], pos):
+            if run is not None and startswith(run[0], pos):
+                append(run[1])
+                pos += run[2]
+                continue
+            if run is None or not startswith(run[3], pos):
                 run = self._extend(raw, pos, key)
                 if run is None:
                     return None
-            append(run[1])
-            pos += run[2]
-            if pos > last:
-                break
-            if raw[pos - 1] != _COMMA:
+                if startswith(run[0], pos):
+                    append(run[1])
+                    pos += run[2]
+                    continue
+            # The run found here is the list's last, or the list goes on without its comma.
+            if pos + len(run[3]) != last:
                 return None
+            append(run[1])
+            break
         # Read-only, like every array `resolve` returns.
         return np.frombuffer(parts[0] if len(parts) == 1 else b"".join(parts), dtype=np.int64)
 
@@ -150,7 +162,7 @@ class NameResolver:
                 bad = middle
         text = bytes(ref[start : ends[first + good - 1]])
         slots = self._slots[first : first + good].tobytes()
-        run = self._runs[key] = (text, slots, len(text) + 1)
+        run = self._runs[key] = (text + b",", slots, len(text) + 1, text)
         return run
 
     # ----- the reference -----------------------------------------------------------------
@@ -180,6 +192,8 @@ class NameResolver:
         self._names = names
         self._encoded = encoded
         self._ref = b",".join(encoded)
+        widths = set(lengths.tolist())
+        self._width = widths.pop() if len(widths) == 1 else 0
         self._ends = ends.tolist()
         self._starts = (ends - lengths).tolist()
         self._position = dict(zip(encoded, range(len(encoded)), strict=True))

@@ -89,17 +89,16 @@ class ScoreTables:
         if slots.shape[0] == 0 or not (fits or fits_everywhere(snapshot, request, slots)):
             return None
         raw = self._table(snapshot, request).raw[slots]
-        low, high = raw.min(), raw.max()
-        if high == low:
+        low = raw.min()
+        above = np.flatnonzero(raw > low)
+        if above.shape[0] == 0:
             return _NONE, _NONE
-        higher = raw > low
-        if 2 * np.count_nonzero(higher) > raw.shape[0]:
+        if 2 * above.shape[0] > raw.shape[0]:
             # Most candidates differ from the lowest (a cluster of varied loads): spread all.
             scores = normalise(raw, np.ones(raw.shape[0], dtype=np.bool_))
             kept = np.flatnonzero(scores)
             return kept, scores[kept]
         # With the lowest raw score beside them, normalise spreads exactly as over all.
-        above = np.flatnonzero(higher)
         values = np.append(raw[above], low)
         scores = normalise(values, np.ones(values.shape[0], dtype=np.bool_))[:-1]
         kept = np.flatnonzero(scores)

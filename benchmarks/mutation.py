@@ -123,7 +123,12 @@ TARGETS = (
     Target(
         "epcsched/core/plan.py",
         ("tests/test_plan.py", "tests/test_plan_properties.py", "tests/test_plan_refusals.py"),
-        properties=("tests/test_plan_properties.py",),
+        properties=(
+            "tests/test_plan_properties.py::test_plans_obey_the_rules_sizes_and_drains",
+            "tests/test_plan_properties.py::test_removed_nodes_pods_fit_on_the_nodes_that_remain",
+            "tests/test_plan_properties.py::test_the_same_cluster_in_another_order_gives_the_same_plan",
+            "tests/test_plan.py::test_plans_stay_within_min_and_max_and_leave_the_snapshot_alone",
+        ),
     ),
     Target(
         "epcsched/core/autoscale.py",

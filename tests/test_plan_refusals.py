@@ -287,3 +287,26 @@ def test_a_drain_moves_the_biggest_pods_first() -> None:
         Placement("default/big", "r1", None, "x"),
         Placement("default/small", "r2", None, "x"),
     )
+
+
+def test_a_failed_drain_puts_back_the_nodes_measured_use() -> None:
+    # Accounting max. x advertises both names: q (2 GiB of EPC, movable) and p (1 GiB of the
+    # legacy name, which no other node has); telemetry says 7 GiB in use, so x has 9 GiB of EPC
+    # free, not 14. y holds 12 GiB (4 free); z holds r, 10 GiB. x's drain moves q to y, finds no
+    # node for p and is undone; then r (10 GiB) fits neither y (4) nor x (9): z stays. Had x
+    # come back without its measured use, r would fit x (14 free) and z would go.
+    snap = cluster(
+        {"x": TWO_NAMES, "y": TEMPLATE, "z": TEMPLATE},
+        {
+            "q": ("x", {EPC: 2}),
+            "p": ("x", {LEGACY: 1}),
+            "w": ("y", {EPC: 12}),
+            "r": ("z", {EPC: 10}),
+        },
+    )
+    snap.accounting = "max"
+    snap.set_usage("x", 7 * GIB)
+    pools = [pool("p", "x", "y", "z")]
+    result = run(snap, pools, unneeded=("x", "z"), pressure=False, scale_down_utilization=0.7)
+    assert result.scale_downs == ()
+    assert set(result.unneeded_since) == {"x", "z"}

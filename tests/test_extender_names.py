@@ -215,3 +215,62 @@ def test_remembered_lists_are_told_apart_by_their_bytes_not_their_key() -> None:
         got = resolved(resolver, raw, snap)
         assert got == expected(raw, snap)
         assert got[json.loads(raw).index(gone)] == -1 and slot not in got
+
+
+def test_replies_listing_most_candidates_leave_out_exactly_the_zero_scores() -> None:
+    """The entries scoring 0 are written as whitespace, wherever they fall (first, last, all,
+    between names of other lengths); the reply kept for a read-only list is reused only for
+    that very array, and never across a change of the node set."""
+    names = [f"n{i}" for i in range(10)] + [f"node-{i:03d}" for i in range(40)]
+    names += ["ünïcode-1", 'quo"te', "x" * 63]
+    snap = cluster(names)
+    out = SlotNames()
+    rng = random.Random(11)
+    for round_ in range(60):
+        chosen = rng.sample(names, rng.randint(1, len(names)))
+        slots = snap.slots_of(chosen)
+        slots.flags.writeable = round_ % 2 == 0
+        for pattern in ("random", "first", "last", "all", "none"):
+            scores = np.array([rng.choice([0, 1, 5, 10]) for _ in chosen], dtype=np.int64)
+            if pattern == "first":
+                scores[0] = 0
+            elif pattern == "last":
+                scores[-1] = 0
+            elif pattern == "all":
+                scores[:] = 0
+            elif pattern == "none":
+                scores[scores == 0] = 3
+            listed = json.loads(out.nonzero_scores_json(snap, slots, scores))
+            assert all(set(e) == {"Host", "Score"} for e in listed)
+            assert sorted((e["Host"], e["Score"]) for e in listed) == sorted(
+                (name, score) for name, score in zip(chosen, scores.tolist(), strict=True) if score
+            )
+    # One read-only array asked about twice, with the node set changed in between: a node
+    # deleted and its slot taken by another is named as the newcomer the second time.
+    slots = snap.slots_of(["n1", "n2", "node-007"] * 6)
+    slots.flags.writeable = False
+    scores = np.array([10, 0, 4] * 6, dtype=np.int64)
+    first = sorted(
+        (e["Host"], e["Score"]) for e in json.loads(out.nonzero_scores_json(snap, slots, scores))
+    )
+    assert first == sorted([("n1", 10), ("node-007", 4)] * 6)
+    slot = snap.slots["n1"]
+    snap.remove_node("n1")
+    snap.upsert_node(NodeInfo("later", {EPC: 1}))
+    assert snap.slots["later"] == slot
+    again = sorted(
+        (e["Host"], e["Score"]) for e in json.loads(out.nonzero_scores_json(snap, slots, scores))
+    )
+    assert again == sorted([("later", 10), ("node-007", 4)] * 6)
+    # A writable array may be changed by its owner between calls: it is never kept.
+    mine = snap.slots_of(["n2", "node-007"] * 9)
+    scores = np.array([1, 2] * 9, dtype=np.int64)
+    listed = json.loads(out.nonzero_scores_json(snap, mine, scores))
+    assert sorted((e["Host"], e["Score"]) for e in listed) == sorted(
+        [("n2", 1), ("node-007", 2)] * 9
+    )
+    mine[0] = snap.slots["n3"]
+    listed = json.loads(out.nonzero_scores_json(snap, mine, scores))
+    assert sorted((e["Host"], e["Score"]) for e in listed) == sorted(
+        [("n3", 1)] + [("n2", 1)] * 8 + [("node-007", 2)] * 9
+    )

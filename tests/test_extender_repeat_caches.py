@@ -84,3 +84,31 @@ def test_scores_follow_binds_node_by_node() -> None:
         {"Host": "n3", "Score": 6},
         {"Host": "n5", "Score": 10},
     ]
+
+
+def test_a_reply_listing_most_candidates_follows_the_cluster() -> None:
+    """Most candidates above the lowest: every candidate is scored and the lowest left out;
+    asked again, the kept reply is filled with the new scores, not the old ones."""
+    snap = snapshot_of(
+        node("a", "1Gi"),
+        node("b", "1Gi"),
+        node("c", "1Gi"),
+        node("d", "1Gi"),
+        pod("x", "100Mi", node_name="b"),
+        pod("y", "200Mi", node_name="c"),
+        pod("z", "300Mi", node_name="d"),
+    )
+    service = ExtenderService(lambda: snap, strategy="binpack")
+    request = body("a", "b", "c", "d", epc="100Mi")
+
+    def listed() -> list[tuple[str, int]]:
+        return sorted((e["Host"], e["Score"]) for e in json.loads(service.prioritize(request)))
+
+    # After placing 100Mi: a 100, b 200, c 300, d 400 (of 1024Mi). Spread over 100..400:
+    # b 1/3 -> 3.83 -> 3, c 2/3 -> 7.17 -> 7, d 10; a lowest, left out.
+    assert listed() == [("b", 3), ("c", 7), ("d", 10)]
+    assert listed() == [("b", 3), ("c", 7), ("d", 10)]
+    # 500Mi lands on a: a 600 after placement, now the best; b 200 the lowest.
+    # c (300-200)/400 -> 3.0 -> 3, d 200/400 -> 5.5 -> 5.
+    snap.upsert_pod(bound("w", "500Mi", "a"))  # type: ignore[arg-type]
+    assert listed() == [("a", 10), ("c", 3), ("d", 5)]

@@ -81,6 +81,7 @@ class NameResolver:
         if slots is None:
             names = wire.decode_node_names(raw)
             slots = snapshot.slots_of(names)
+            slots.flags.writeable = False
             if wire.encode(names) == raw:
                 self._learn(names, snapshot)
         recent = self._recent
@@ -223,8 +224,8 @@ class _Rows:
     def array(self, slots: IntArray) -> tuple[npt.NDArray[np.uint8], list[Placed]]:
         """The bytes of a JSON array of the rows of `slots` (each row ends in a comma; the last
         one becomes the `]`), written straight into one buffer, and where each length's rows
-        landed: their positions in `slots` (None for all of them, in order) and a view of them
-        in the buffer, for the caller to write into before taking the bytes."""
+        landed: their positions in `slots` (None for all of them, in order), where they start
+        in the buffer and their length, for the caller to write into before taking the bytes."""
         members: list[tuple[int, IntArray | None]]
         if len(self.tables) == 1:
             # Every name has the same length (one node pool's naming scheme): no grouping.
@@ -248,13 +249,19 @@ class _Rows:
             rows = self.row[slots] if at is None else self.row[slots[at]]
             # mode="clip" writes straight into `view`; "raise" would go through a temporary.
             np.take(table, rows, axis=0, out=view, mode="clip")
-            placed.append((at, view))
+            placed.append((at, start, table.shape[1]))
             start += length
         out[-1] = _CLOSE
         return out, placed
 
 
-Placed = tuple[IntArray | None, npt.NDArray[np.uint8]]
+Placed = tuple[IntArray | None, int, int]
+"""Rows of one length in a buffer: their positions in the slots (None: all, in order), their
+first byte and their length."""
+
+
+def _rows(out: npt.NDArray[np.uint8], start: int, width: int, count: int) -> npt.NDArray[np.uint8]:
+    return out[start : start + width * count].reshape(count, width)
 
 
 # Below this many entries a Python join is cheaper than numpy's fixed cost per call.
@@ -262,6 +269,9 @@ _FEW = 16
 _SCORE_HEAD = b'{"Score":'
 _TENS = np.frombuffer(b"          1", dtype=np.uint8)
 _ONES = np.frombuffer(b"01234567890", dtype=np.uint8)
+_SPACE = 0x20
+_TEMPLATES = 8
+"""Replies without their scores kept, for lists asked about again."""
 
 
 class SlotNames:
@@ -277,6 +287,7 @@ class SlotNames:
         self._encoded: list[bytes] = []
         self._names = _Rows([])
         self._entries = _Rows([])
+        self._templates: dict[int, tuple[IntArray, npt.NDArray[np.uint8], list[Placed]]] = {}
 
     def _current(self, snapshot: ClusterSnapshot) -> None:
         if snapshot.generation == self._generation:
@@ -286,6 +297,7 @@ class SlotNames:
         self._encoded = [b'""' if n is None else wire.encode_name(n) for n in names]
         self._names = _Rows([e + b"," for e in self._encoded])
         self._entries = _Rows([_SCORE_HEAD + b' 0,"Host":' + e + b"}," for e in self._encoded])
+        self._templates = {}
         self._generation = snapshot.generation
 
     def names_json(self, snapshot: ClusterSnapshot, slots: IntArray) -> bytes:
@@ -300,7 +312,7 @@ class SlotNames:
     def scores_json(self, snapshot: ClusterSnapshot, slots: IntArray, scores: IntArray) -> bytes:
         """`[{"Score":7,"Host":"a"},...]` for known slots and their scores 0..10, in the order
         of `slots` when they are few or their names equally long, and grouped by the length of
-        the name otherwise (kube-scheduler reads the entries into a map)."""
+        the name otherwise (kube-scheduler adds up each host's entries: order is no matter)."""
         self._current(snapshot)
         if slots.shape[0] <= _FEW:
             encoded = self._encoded
@@ -310,9 +322,54 @@ class SlotNames:
             ]
             return b"[" + b",".join(entries) + b"]"
         out, placed = self._entries.array(slots)
+        count = slots.shape[0]
         column = len(_SCORE_HEAD)
-        for at, rows in placed:
+        for at, start, width in placed:
             these = scores if at is None else scores[at]
+            rows = _rows(out, start, width, count if at is None else at.shape[0])
             rows[:, column] = _TENS[these]
             rows[:, column + 1] = _ONES[these]
+        return out.tobytes()
+
+    def nonzero_scores_json(
+        self, snapshot: ClusterSnapshot, slots: IntArray, scores: IntArray
+    ) -> bytes:
+        """`scores_json` of the slots scoring above 0, given every slot's score: for a reply
+        that lists most of many candidates. The entries that score 0 are written as JSON
+        whitespace instead of being cut out, so no pass picks the others out; and the reply
+        without its scores is kept for the last few lists of read-only slots (the resolver
+        hands back one array for a list it has seen), so a list asked about again costs one
+        copy instead of a gather."""
+        self._current(snapshot)
+        count = slots.shape[0]
+        found = self._templates.get(id(slots))
+        if found is not None and found[0] is slots:
+            template, placed = found[1], found[2]
+        else:
+            template, placed = self._entries.array(slots)
+            if not slots.flags.writeable:
+                # Nothing can change a read-only array, and holding it keeps its id unique.
+                self._templates[id(slots)] = (slots, template, placed)
+                if len(self._templates) > _TEMPLATES:
+                    del self._templates[next(iter(self._templates))]
+        out = template.copy()
+        column = len(_SCORE_HEAD)
+        last_kept = -1
+        for at, start, width in placed:
+            these = scores if at is None else scores[at]
+            many = count if at is None else at.shape[0]
+            rows = _rows(out, start, width, many)
+            rows[:, column] = _TENS[these]
+            rows[:, column + 1] = _ONES[these]
+            zero = np.flatnonzero(these == 0)
+            if zero.shape[0]:
+                rows[zero] = _SPACE
+            if zero.shape[0] < many:
+                # The comma that ends the last kept row seen so far (rows end in one).
+                last = many - 1 - int(np.argmax(these[::-1] > 0))
+                last_kept = start + width * (last + 1) - 1
+        # No comma may follow the last entry: it, and the blanked rows after it, become spaces.
+        if last_kept >= 0:
+            out[last_kept] = _SPACE
+        out[-1] = _CLOSE
         return out.tobytes()

@@ -81,11 +81,12 @@ class ScoreTables:
         slots: IntArray,
         *,
         fits: bool = False,
-    ) -> tuple[IntArray, IntArray] | None:
+    ) -> tuple[IntArray | None, IntArray] | None:
         """Positions in `slots` that score above the lowest candidate, with their scores 1..10
-        (the lowest scores 0, or all alike when every raw score is equal); None when some
-        candidate does not fit, for the caller to score every candidate the general way.
-        `fits`: the caller knows every candidate fits `snapshot` as it is."""
+        (the lowest scores 0, or all alike when every raw score is equal); when most do,
+        positions None and every candidate's score 0..10, in order. None when some candidate
+        does not fit, for the caller to score every candidate the general way. `fits`: the
+        caller knows every candidate fits `snapshot` as it is."""
         if slots.shape[0] == 0 or not (fits or fits_everywhere(snapshot, request, slots)):
             return None
         raw = self._table(snapshot, request).raw[slots]
@@ -95,9 +96,7 @@ class ScoreTables:
             return _NONE, _NONE
         if 2 * above.shape[0] > raw.shape[0]:
             # Most candidates differ from the lowest (a cluster of varied loads): spread all.
-            scores = normalise(raw, np.ones(raw.shape[0], dtype=np.bool_))
-            kept = np.flatnonzero(scores)
-            return kept, scores[kept]
+            return None, normalise(raw, np.ones(raw.shape[0], dtype=np.bool_))
         # With the lowest raw score beside them, normalise spreads exactly as over all.
         values = np.append(raw[above], low)
         scores = normalise(values, np.ones(values.shape[0], dtype=np.bool_))[:-1]

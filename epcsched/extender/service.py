@@ -309,6 +309,8 @@ class ExtenderService:
         )
         if found is not None:
             positions, scores = found
+            if positions is None:
+                return self._slot_names.nonzero_scores_json(snapshot, slots, scores)
             return self._slot_names.scores_json(snapshot, slots[positions], scores)
         scores = _decisive(
             score(snapshot, request, slots, self.strategy, prefer_non_sgx=self.prefer_non_sgx)

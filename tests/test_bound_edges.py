@@ -297,3 +297,12 @@ def test_headroom_shrinks_the_bins(tmp_path: Path) -> None:
     scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=2)], headroom="1Gi")
     bound = lower_bound(scenario, workload)
     assert (bound.peak_nodes, bound.per_pool["p"].capacity) == (2, 7 * 2**30)
+
+
+def test_the_cost_figures_are_rounded_to_four_places(tmp_path: Path) -> None:
+    # One pod filling one node of a pool that costs 0.123456 an hour, for one hour: at least one
+    # node's price at the peak (0.123456 an hour, shown as 0.1235) and over the run.
+    jobs = [(0, 3600, 8192, 1, 1)]
+    scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=1, cost=0.123456)])
+    data = lower_bound(scenario, workload).to_json()
+    assert (data["costPerHourAtPeak"], data["cost"], data["nodeHours"]) == (0.1235, 0.1235, 1.0)

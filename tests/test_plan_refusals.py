@@ -310,3 +310,15 @@ def test_a_failed_drain_puts_back_the_nodes_measured_use() -> None:
     result = run(snap, pools, unneeded=("x", "z"), pressure=False, scale_down_utilization=0.7)
     assert result.scale_downs == ()
     assert set(result.unneeded_since) == {"x", "z"}
+
+
+def test_the_scale_down_reason_says_what_moves() -> None:
+    # n1 holds nothing, n2 one 1 GiB pod, n3 8 GiB: n1 goes first (use 0), then n2 (its pod to n3).
+    snap = cluster(
+        {"n1": TEMPLATE, "n2": TEMPLATE, "n3": TEMPLATE}, idle("n2") | idle("n3", epc=8.5)
+    )
+    result = run(snap, [pool("p", "n1", "n2", "n3")], unneeded=("n1", "n2"), pressure=False)
+    assert [(d.node, d.reason) for d in result.scale_downs] == [
+        ("n1", "utilization 0.00 below 0.5 for 600s; no pod to move"),
+        ("n2", "utilization 0.06 below 0.5 for 600s; its 1 pod(s) fit elsewhere"),
+    ]

@@ -27,8 +27,8 @@ process's CPU time per pod. A real kube-scheduler 1.35 adds 2-3 ms of its own wo
 scheduler's. `--before DIR` adds, in the base profile, the extender of an older epcsched package
 (e.g. `git archive <commit> epcsched | tar -x -C DIR`), so before and after share one run;
 `--profile DIR` runs epcsched's extenders under cProfile (slower: for where the time goes, not
-for the figures). Also timed in-process: `ExtenderService.filter` and `prioritize` per pod with the previous pod bound
-into the snapshot between pods, the sizes alternating in blocks.
+for the figures). Also timed in-process: `ExtenderService.filter` and `prioritize` per pod
+with the previous pod bound into the snapshot between pods, the sizes alternating in blocks.
 
 Prints one JSON line. Targets (issue 10): ratio to the do-nothing extender >= 0.95 at 1,000 and
 5,000 nodes; in-process time per pod at 5,000 nodes <= 1.5x that at 1,000.

@@ -8,6 +8,10 @@ that a filter costs the same with 5,000 or 50,000 pods in the cluster. Prints on
 
 Targets (../shared issue 2): filter ratio_vs_bare >= 0.5 and p99 <= 5 ms at 5,000 nodes in cache
 mode; a full-mode filter at 1,000 nodes <= 2x orjson decode; per-request work flat in pods.
+
+`--before DIR` also serves the same snapshot with the epcsched package under DIR (e.g.
+`git archive <commit> epcsched | tar -x -C DIR`) and drives it in the same run, verb by verb
+right after the current one, so before and after meet the same machine load (`before`).
 """
 
 from __future__ import annotations
@@ -100,6 +104,30 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_extender(snapshot_path: Path, port: int, package: Path | None) -> subprocess.Popen[bytes]:
+    """`epcsched extender` on the snapshot; with `package`, the epcsched under that directory
+    (`python -m` puts the working directory first on sys.path)."""
+    env = dict(os.environ)
+    if package is not None:
+        env["PYTHONPATH"] = str(package)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "epcsched",
+            "extender",
+            "--snapshot",
+            str(snapshot_path),
+            "--port",
+            str(port),
+            "--log-level",
+            "WARNING",
+        ],
+        env=env,
+        cwd=package,
+    )
 
 
 def drive(port: int, pid: int, verb: str, paths: list[Path], seconds: float) -> dict[str, Any]:
@@ -200,6 +228,12 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=5000)
     parser.add_argument("--pods", type=int, default=50000)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="DIR",
+        help="also drive the extender of the epcsched package under DIR in the same run",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -207,27 +241,19 @@ def main() -> int:
         snapshot_path = workdir / "cluster.json"
         snapshot_path.write_bytes(orjson.dumps(cluster))
         paths = bodies(snapshot_path, workdir)
-        ext_port, bare_port = free_port(), free_port()
-        env = dict(os.environ)
-        extender = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "epcsched",
-                "extender",
-                "--snapshot",
-                str(snapshot_path),
-                "--port",
-                str(ext_port),
-                "--log-level",
-                "WARNING",
-            ],
-            env=env,
-        )
+        ext_port, bare_port, old_port = free_port(), free_port(), free_port()
+        extender = start_extender(snapshot_path, ext_port, None)
         bare = subprocess.Popen([sys.executable, str(HERE / "bare_server.py"), str(bare_port)])
+        procs = [extender, bare]
+        old = None
+        if args.before is not None:
+            old = start_extender(snapshot_path, old_port, args.before.resolve())
+            procs.append(old)
         try:
             wait_ready(ext_port, extender)
             wait_ready(bare_port, bare)
+            if old is not None:
+                wait_ready(old_port, old)
             result: dict[str, Any] = {
                 "nodes": args.nodes,
                 "pods": args.pods,
@@ -242,9 +268,13 @@ def main() -> int:
                     bare_stats["server_cpu_us_per_request"] / stats["server_cpu_us_per_request"], 3
                 )
                 result[verb] = stats
+                if old is not None:
+                    result.setdefault("before", {})[verb] = drive(
+                        old_port, old.pid, verb, paths, args.seconds
+                    )
             result["bare"] = bare_stats
         finally:
-            for proc in (extender, bare):
+            for proc in procs:
                 proc.terminate()
                 proc.wait(timeout=10)
         result["full_nodes_mode"] = full_nodes_mode(workdir)

@@ -306,3 +306,43 @@ def test_the_cost_figures_are_rounded_to_four_places(tmp_path: Path) -> None:
     scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=1, cost=0.123456)])
     data = lower_bound(scenario, workload).to_json()
     assert (data["costPerHourAtPeak"], data["cost"], data["nodeHours"]) == (0.1235, 0.1235, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("jobs", "pools", "peak_rate", "cost"),
+    [
+        # Three exact halves for an hour: 2 nodes (two share), EPC worth 1.5 an hour: 2.0, 2.0.
+        ([(0, 3600, 4096, 1, 1)] * 3, [pool(size=3)], 2.0, 2.0),
+        # Three pods just over half: no two share, 3 nodes: 3.0 an hour for the hour.
+        ([(0, 3600, 4178, 1, 1)] * 3, [pool(size=3)], 3.0, 3.0),
+        # Three pods of 0.4 node: 2 nodes hold them (0.4 + 0.4, 0.4).
+        ([(0, 3600, 3277, 1, 1)] * 3, [pool(size=3)], 2.0, 2.0),
+        # Half a node for an hour still takes a whole node: 1.0, not 0.5.
+        ([(0, 3600, 4096, 1, 1)], [pool(size=1)], 1.0, 1.0),
+        # Two half-node pods overlapping for half an hour: one node for 1.5 hours.
+        ([(0, 3600, 4096, 1, 1), (1800, 3600, 4096, 1, 1)], [pool(size=1)], 1.0, 1.5),
+        # One pod, then another after it has left: one node for 100 s twice.
+        ([(0, 100, 4096, 1, 1), (200, 100, 4096, 1, 1)], [pool(size=1)], 1.0, 200 / 3600),
+        # An 8 GiB pod where an 8 GiB node costs 0.5 and a 16 GiB node 2.0: its EPC is worth the
+        # small node's 0.5 an hour (it fits it exactly), and the cheapest node is 0.5.
+        (
+            [(0, 3600, 8192, 1, 1)],
+            [pool("small", epc="8Gi", cost=0.5), pool("big", epc="16Gi", cost=2.0)],
+            0.5,
+            0.5,
+        ),
+        # A pod no template holds costs nothing in the bound.
+        ([(0, 3600, 16384, 1, 1)], [pool(size=1)], 0.0, 0.0),
+    ],
+)
+def test_the_bound_in_dollars_by_hand(
+    tmp_path: Path,
+    jobs: list[tuple[float, float, float, int, int]],
+    pools: list[dict[str, object]],
+    peak_rate: float,
+    cost: float,
+) -> None:
+    scenario, workload = trace_scenario(tmp_path, jobs, pools=pools)
+    bound = lower_bound(scenario, workload)
+    assert bound.cost_per_hour == pytest.approx(peak_rate)
+    assert bound.cost == pytest.approx(cost)

@@ -104,3 +104,47 @@ def test_refusals_are_worded_exactly(body: bytes, message: str) -> None:
     # Ours up to the colon; msgspec's own words after "JSON is malformed: " (byte offsets).
     text = str(caught.value)
     assert text == message or (message.endswith(": ") and text.startswith(message)), text
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            b'{"NodeNameToMetaVictims":{}}',
+            "missing Pod: the request must carry the pod being scheduled",
+        ),
+        (b'{"Pod":{}}', "the request has neither NodeNameToMetaVictims nor NodeNameToVictims"),
+        (
+            b'{"Pod":{},"NodeNameToMetaVictims":[]}',
+            "NodeNameToMetaVictims: Expected `object | null`, got `array`",
+        ),
+        (
+            b'{"Pod":{},"NodeNameToVictims":3}',
+            "NodeNameToVictims: Expected `object | null`, got `int`",
+        ),
+    ],
+)
+def test_preempt_refusals_are_worded_exactly(body: bytes, message: str) -> None:
+    with pytest.raises(wire.BadRequest) as caught:
+        wire.decode_preempt(body)
+    assert str(caught.value) == message
+
+
+def test_bind_arguments_default_and_refuse_as_documented() -> None:
+    assert wire.decode_bind(b'{"PodName":"a","Node":"n1"}') == wire.BindArgs(
+        "a", "default", "", "n1"
+    )
+    assert wire.decode_bind(
+        b'{"podname":"a","node":"n1","podnamespace":"ns","poduid":"u"}'
+    ) == wire.BindArgs("a", "ns", "u", "n1")
+    assert wire.decode_bind(
+        b'{"PodName":"a","Node":"n1","PodNamespace":null,"PodUID":null}'
+    ) == wire.BindArgs("a", "default", "", "n1")
+    for body, message in (
+        (b'{"PodName":null,"Node":"n1"}', "missing PodName"),
+        (b'{"Node":"n1"}', "missing PodName"),
+        (b"{}", "missing PodName, Node"),
+    ):
+        with pytest.raises(wire.BadRequest) as caught:
+            wire.decode_bind(body)
+        assert str(caught.value) == message

@@ -15,10 +15,14 @@ so each file gets its own test selection and mutmut cache; and survivors need ma
   every stored result, so a partial run updates only its rows.
 - `--baseline` stores the run as the "before" figures instead (`baseline/<file>.json`).
 - `--report-only` rebuilds REPORT.md from stored results (after editing equivalents.yaml).
-- `--seeds 10 --only plan.py bound.py` runs the hypothesis properties alone under ten seeds
-  (profile `seeded`) against the mutants they catch under the `ci` profile, and records in
-  `seeds/<file>.json` which of those they catch on every seed.
+- `--seeds 10 --sample 40 --only plan.py bound.py` runs the hypothesis properties alone under
+  ten seeds (profile `seeded`) against the mutants they catch under the `ci` profile (an even
+  sample of the killed ones), and records in `seeds/<file>.json` which they catch on every seed.
+- `--functions x__scale_down x__drain` measures only those functions' mutants (stored under
+  `functions/`), for files whose whole run takes hours; `--resume` goes on after an interruption.
 
+What is measured is a commit (`--ref`, HEAD by default), never the shared work tree, so other
+agents' uncommitted work cannot change a figure; `--worktree` measures the tree as it is.
 Mutants run with the `ci` hypothesis profile (tests/conftest.py), so a run is repeatable.
 """
 

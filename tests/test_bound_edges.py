@@ -346,3 +346,12 @@ def test_the_bound_in_dollars_by_hand(
     bound = lower_bound(scenario, workload)
     assert bound.cost_per_hour == pytest.approx(peak_rate)
     assert bound.cost == pytest.approx(cost)
+
+
+def test_no_time_to_prove_leaves_the_l2_bound(tmp_path: Path) -> None:
+    # Seven pods of 34 % at once: L2 says 3, the optimum is 4; with no time to prove it the bound
+    # stays 3 and says so.
+    jobs = [(0, 100, 2785, 10, 64)] * 7
+    scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=4)])
+    bound = lower_bound(scenario, workload, budget=0)
+    assert (bound.peak_nodes, bound.method) == (3, "l2")

@@ -91,7 +91,11 @@ def parse_int(value: str | int | float) -> int:
 
 
 def format_bytes(count: int) -> str:
-    """Short human form for reasons and tables: `64Mi`, `93.5Mi`, `16Gi`, `-5Mi`, `512`."""
+    """Short human form for reasons and tables: `64Mi`, `93.5Mi`, `16Gi`, `-5Mi`, `512`.
+
+    A count that is not whole in its unit never prints as whole: `1Mi + 1` is `1048577`, not
+    `1.0Mi`, which a reader would take for exactly 1Mi.
+    """
     if count < 0:
         return "-" + format_bytes(-count)
     for suffix, size in reversed(_BINARY.items()):
@@ -99,5 +103,15 @@ def format_bytes(count: int) -> str:
             whole, rest = divmod(count, size)
             if rest == 0:
                 return f"{whole}{suffix}"
-            return f"{count / size:.1f}{suffix}"
+            short = f"{count / size:.1f}"
+            return str(count) if short.endswith(".0") else short + suffix
     return str(count)
+
+
+def format_apart(first: int, second: int) -> tuple[str, str]:
+    """Both counts in `format_bytes`'s form, or as exact byte counts when that form would print
+    two different counts alike: a reason must not read "requested 93.5Mi, free 93.5Mi"."""
+    one, two = format_bytes(first), format_bytes(second)
+    if one == two and first != second:
+        return str(first), str(second)
+    return one, two

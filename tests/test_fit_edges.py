@@ -169,10 +169,22 @@ def test_exact_boundaries() -> None:
     assert outcome(snap, one, ["edge"]) == ["ok"]
     assert fits_everywhere(snap, one, snap.slots_of(["edge", "full"]))
     assert reasons(snap, one, snap.slots_of(["edge"])) == ["fits"]
-    # One byte more does not fit.
+    # One byte more does not fit, and the reason does not read "requested 1.0Mi, free 1Mi".
     more = PodRequest(epc={EPC: MIB + 1})
     assert not fits_everywhere(snap, more, snap.slots_of(["edge"]))
     assert outcome(snap, more, ["edge", "full"]) == ["failed", "ok"]
+    assert reasons(snap, more, snap.slots_of(["edge"])) == [
+        f"insufficient {EPC}: requested 1048577, free 1Mi of 8Mi"
+    ]
+    # 8Mi and one byte against 8Mi allocatable: exact, not "8.0Mi" against "8Mi".
+    assert reasons(snap, PodRequest(epc={EPC: 8 * MIB + 1}), snap.slots_of(["full"])) == [
+        f"{EPC}: requested 8388609, but the node has only 8Mi allocatable"
+    ]
+    # 93.52Mi asked where 93.48Mi is free: one decimal prints both as 93.5Mi, so exact counts.
+    near = snapshot_of(node("near", "98023793"))
+    assert reasons(near, PodRequest(epc={EPC: 98065735}), near.slots_of(["near"])) == [
+        f"{EPC}: requested 98065735, but the node has only 98023793 allocatable"
+    ]
 
 
 def test_headroom_is_named_in_the_reason() -> None:

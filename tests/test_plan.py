@@ -154,6 +154,19 @@ def test_pods_no_template_can_hold_are_unschedulable() -> None:
     ]
 
 
+def test_a_pod_one_byte_over_the_template_is_not_reported_as_equal_to_it() -> None:
+    snap = snapshot()
+    add_pod(snap, "edge", 16 + 1 / GIB)  # 16Gi and one byte
+    result = run(snap, [pool_state()])
+    assert result.scale_ups == ()
+    assert result.unschedulable == (
+        Unschedulable(
+            "default/edge",
+            "pool p: insufficient sgx.intel.com/epc: requested 17179869185, template has 16Gi",
+        ),
+    )
+
+
 def _two_pools() -> list[PoolState]:
     small = template_node("s", {EPC: "8Gi", "cpu": "2", "memory": "16Gi"}, DEFAULT_EPC_RESOURCES)
     big = template_node("b", {EPC: "32Gi", "cpu": "8", "memory": "64Gi"}, DEFAULT_EPC_RESOURCES)

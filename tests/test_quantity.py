@@ -14,6 +14,7 @@ from epcsched.quantity import (
     MIB,
     QuantityError,
     ceil_int,
+    format_apart,
     format_bytes,
     parse_int,
     parse_quantity,
@@ -114,10 +115,33 @@ def test_epc_units_follow_the_resource_table() -> None:
         (512, "512"),
         (-5 * MIB, "-5Mi"),
         (0, "0"),
+        (1023, "1023"),
+        (1024, "1Ki"),
+        # Not whole in its unit, and one decimal would print it as whole: the exact count.
+        (MIB + 1, "1048577"),
+        (2 * MIB - 1, "2097151"),
+        # Just under 1.95Mi: 1.9Mi, not whole, so the short form stays.
+        (MIB + MIB * 95 // 100, "1.9Mi"),
+        (MIB + MIB // 2, "1.5Mi"),
+        (-(MIB + 1), "-1048577"),
     ],
 )
 def test_format_bytes(count: int, text: str) -> None:
     assert format_bytes(count) == text
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "texts"),
+    [
+        (64 * MIB, 32 * MIB, ("64Mi", "32Mi")),
+        (64 * MIB, 64 * MIB, ("64Mi", "64Mi")),
+        # 93.52Mi and 93.48Mi both print as 93.5Mi: exact counts tell them apart.
+        (98065735, 98023793, ("98065735", "98023793")),
+        (MIB + 1, MIB, ("1048577", "1Mi")),
+    ],
+)
+def test_format_apart(first: int, second: int, texts: tuple[str, str]) -> None:
+    assert format_apart(first, second) == texts
 
 
 _SUFFIXES = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}

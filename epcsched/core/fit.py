@@ -14,7 +14,7 @@ import numpy as np
 from epcsched.core.rules import NO_CONSTRAINTS, Constraints
 from epcsched.core.snapshot import BoolArray, ClusterSnapshot, IntArray
 from epcsched.model import PodInfo
-from epcsched.quantity import format_bytes
+from epcsched.quantity import format_apart, format_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +143,9 @@ def reasons(snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray) -> 
                 )
             elif allocatable[i] - headroom[i] < need:
                 kept = f" after {format_bytes(headroom[i])} headroom" if headroom[i] else ""
+                asked, usable = format_apart(need, allocatable[i] - headroom[i])
                 parts[i].append(
-                    f"{name}: requested {format_bytes(need)}, but the node has only "
-                    f"{format_bytes(allocatable[i] - headroom[i])} allocatable{kept}"
+                    f"{name}: requested {asked}, but the node has only {usable} allocatable{kept}"
                 )
             elif free[i] < need:
                 note = (
@@ -153,9 +153,10 @@ def reasons(snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray) -> 
                     if measured and usage[i] >= 0
                     else ""
                 )
+                asked, left = format_apart(need, max(free[i], 0))
                 parts[i].append(
-                    f"insufficient {name}: requested {format_bytes(need)}, "
-                    f"free {format_bytes(max(free[i], 0))} of {format_bytes(allocatable[i])}" + note
+                    f"insufficient {name}: requested {asked}, "
+                    f"free {left} of {format_bytes(allocatable[i])}" + note
                 )
     result = []
     names = snapshot.slot_names

@@ -42,7 +42,7 @@ from epcsched.core.placement import choose_node, resources_fit
 from epcsched.core.rules import refusal
 from epcsched.core.snapshot import ClusterSnapshot, Headroom
 from epcsched.model import NodeInfo, PodInfo
-from epcsched.quantity import format_bytes
+from epcsched.quantity import format_apart, format_bytes
 
 if TYPE_CHECKING:
     from epcsched.config import AutoscalerSettings
@@ -306,9 +306,9 @@ class _Templates:
                 continue
             kept = self._headroom.of(have)
             if have - kept < need:
+                asked, usable = format_apart(need, have - kept)
                 parts.append(
-                    f"insufficient {name}: requested {format_bytes(need)}, "
-                    f"template has {format_bytes(have - kept)}"
+                    f"insufficient {name}: requested {asked}, template has {usable}"
                     + (f" after {format_bytes(kept)} headroom" if kept else "")
                 )
         if request.cpu_milli > template.cpu_milli:

@@ -18,6 +18,8 @@ so each file gets its own test selection and mutmut cache; and survivors need ma
 - `--seeds 10 --sample 40 --only plan.py bound.py` runs the hypothesis properties alone under
   ten seeds (profile `seeded`) against the mutants they catch under the `ci` profile (an even
   sample of the killed ones), and records in `seeds/<file>.json` which they catch on every seed.
+- `--recheck --only bound.py` re-runs, at HEAD, only the mutants the stored whole-file run
+  left alive (refused when the file itself changed since), for the tests added after it.
 - `--functions x__scale_down x__drain` measures only those functions' mutants (stored under
   `functions/`), for files whose whole run takes hours; `--resume` goes on after an interruption.
 
@@ -389,6 +391,62 @@ def measure(target: Target, args: argparse.Namespace, base: Path, meta: dict[str
     )
 
 
+def recheck(target: Target, args: argparse.Namespace, base: Path, meta: dict[str, Any]) -> None:
+    """Run again, against `meta`'s commit, only the mutants a stored whole-file run left alive.
+
+    Valid only while the file under test is what that run mutated (checked with git: the
+    mutants are then the same, by name and by change) and tests were only added or
+    strengthened, so a mutant killed then is killed now. The row then names both commits.
+    """
+    path = OUT / "results" / f"{slug(target.path)}.json"
+    if not path.exists():
+        raise SystemExit(f"--recheck {target.path}: no stored whole-file run to recheck")
+    stored = json.loads(path.read_text())
+    first = stored.get("recheck", {}).get("full_commit", stored["commit"])
+    changed = subprocess.run(
+        ["git", "diff", "--quiet", first, meta["commit"], "--", target.path], cwd=ROOT, check=False
+    )
+    if changed.returncode != 0:
+        raise SystemExit(
+            f"--recheck {target.path}: the file changed since {first[:10]}; run it whole again"
+        )
+    alive = tuple(m["name"] for m in stored["mutants"] if m["status"] != "killed")
+    work = base / (slug(target.path) + "-recheck")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(base / "snapshot", work)
+    print(f"{target.path}: re-running {len(alive)} surviving mutants in {work}", flush=True)
+    codes, seconds, tests = run_mutmut(
+        work, target, tests=target.tests, workers=args.workers, profile="ci", names=alive
+    )
+    for mutant in stored["mutants"]:
+        if mutant["name"] in alive:
+            mutant["status"] = status_of(codes.get(mutant["name"]))
+            if mutant["status"] == "killed":
+                for key in ("before", "after", "line"):
+                    mutant.pop(key, None)
+    history = stored.get("recheck", {})
+    stored["recheck"] = {
+        "full_commit": first,
+        "full_date": history.get("full_date", stored["date"]),
+        "full_seconds": history.get("full_seconds", stored["seconds"]),
+    }
+    stored.update(
+        commit=meta["commit"],
+        dirty=meta["dirty"],
+        tests=list(tests),
+        date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        seconds=round(stored["recheck"]["full_seconds"] + seconds, 1),
+    )
+    stored["recheck"]["rerun_seconds"] = round(seconds, 1)
+    path.write_text(json.dumps(stored, indent=1) + "\n")
+    counts = summarise(stored, load_equivalents())
+    print(
+        f"{target.path}: {counts['survived']} of {len(alive)} re-run survived "
+        f"({counts['rate']:.1f}% of non-equivalent) in {seconds:.0f} s",
+        flush=True,
+    )
+
+
 def natural(name: str) -> tuple[str, int]:
     head, _, number = name.rpartition("_")
     return head, int(number) if number.isdigit() else 0
@@ -546,6 +604,10 @@ def report() -> None:
             counts = summarise(result, equivalents)
             total_seconds += result["seconds"]
             dirty = " + uncommitted" if result["dirty"] else ""
+            rerun = result.get("recheck")
+            if rerun:
+                # Killed mutants from the whole run, survivors re-run at the later commit.
+                dirty += f" (whole file {rerun['full_date']}, {rerun['full_commit'][:10]})"
             lines.append(
                 f"| {label} | {counts['total']} | {counts['equivalent']} | "
                 f"{before or 'not run'} | {counts['killed']} | {counts['survived']} | "
@@ -618,6 +680,11 @@ def main() -> None:
     parser.add_argument(
         "--worktree", action="store_true", help="measure the work tree as it is instead of --ref"
     )
+    parser.add_argument(
+        "--recheck",
+        action="store_true",
+        help="re-run only the survivors of the stored whole-file run (the file must be unchanged)",
+    )
     parser.add_argument("--seeds", type=int, default=0, help="measure properties under N seeds")
     parser.add_argument(
         "--sample", type=int, default=0, help="with --seeds: at most this many killed mutants"
@@ -639,6 +706,9 @@ def main() -> None:
             if args.seeds:
                 if target.properties:
                     seeds(target, args, base)
+            elif args.recheck:
+                recheck(target, args, base, meta)
+                report()
             else:
                 measure(target, args, base, meta)
                 report()

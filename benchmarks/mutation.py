@@ -110,6 +110,9 @@ TARGETS = (
     Target(
         "epcsched/core/placement.py",
         (
+            "tests/test_placement_edges.py",
+            "tests/test_rules.py",
+            "tests/test_rules_edges.py",
             "tests/test_plan.py",
             "tests/test_plan_properties.py",
             "tests/test_plan_refusals.py",

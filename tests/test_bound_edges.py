@@ -355,3 +355,19 @@ def test_no_time_to_prove_leaves_the_l2_bound(tmp_path: Path) -> None:
     scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(size=4)])
     bound = lower_bound(scenario, workload, budget=0)
     assert (bound.peak_nodes, bound.method) == (3, "l2")
+
+
+def test_one_byte_pods_on_one_and_two_byte_templates(tmp_path: Path) -> None:
+    # The smallest sizes there are: 1-byte pods, [0, 100) and [50, 150), on a 1-byte template
+    # (each pod fills a node) and on a 2-byte one (both share a node).
+    jobs = [(0, 100, 1, 1, 1), (50, 100, 1, 1, 1)]
+    for capacity, peak, node_seconds in (("1", 2, 50 + 2 * 50 + 50), ("2", 1, 150)):
+        scenario, workload = trace_scenario(tmp_path, jobs, pools=[pool(epc=capacity, size=1)])
+        workload = replace(workload, epc=np.array([1, 1], dtype=np.int64))
+        bound = lower_bound(scenario, workload)
+        assert (bound.peak_nodes, bound.method) == (peak, "milp"), capacity
+        assert bound.per_pool["p"].pods_excluded == 0
+        # At $1 an hour a node: the cost is the node-hours, the peak rate the peak count.
+        assert bound.node_hours == pytest.approx(node_seconds / 3600)
+        assert bound.cost == pytest.approx(node_seconds / 3600)
+        assert bound.cost_per_hour == pytest.approx(peak)

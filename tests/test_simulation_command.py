@@ -236,6 +236,16 @@ def test_unreachable_dask_scheduler_is_one_line(
     message = str(caught.value)
     assert message.startswith(f"cannot reach the Dask scheduler at {address!r}: ")
     assert "\n" not in message
+    # The same from the command line, with the timeout as a flag.
+    started = time.monotonic()
+    argv = ["simulate", str(TINY), "--dask", address, "--dask-timeout", "0.5"]
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    assert time.monotonic() - started < 5
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"epcsched simulate: error: --dask: cannot reach the Dask scheduler at {address!r}: "
+    )
+    assert err.count("\n") == 1
 
 
 def test_the_sku_table_is_bundled_in_the_package() -> None:

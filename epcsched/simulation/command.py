@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,13 @@ def register(subparsers: Any) -> None:
         metavar="ADDRESS",
         default=None,
         help="run on the Dask scheduler at ADDRESS instead (its workers need epcsched installed)",
+    )
+    parser.add_argument(
+        "--dask-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="with --dask: give up connecting after SECONDS (default 10)",
     )
     parser.add_argument(
         "--via-http",
@@ -113,7 +121,7 @@ def _check_out(out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here: scipy, matplotlib and dask would otherwise load with every subcommand.
     from epcsched.simulation.pipeline import simulate_and_report
-    from epcsched.simulation.sweep import DaskUnavailable
+    from epcsched.simulation.sweep import DASK_CONNECT_TIMEOUT, DaskUnavailable
     from epcsched.simulation.workload import load_workload
 
     scenario = load_scenario(args.scenario)
@@ -124,6 +132,13 @@ def run(args: argparse.Namespace) -> int:
         _check_dask_address(args.dask)
     if args.dask is not None and args.workers > 1:
         raise CommandError("--workers and --dask: choose one")
+    dask_timeout = DASK_CONNECT_TIMEOUT if args.dask_timeout is None else args.dask_timeout
+    if not (math.isfinite(dask_timeout) and dask_timeout > 0):
+        raise CommandError(
+            f"--dask-timeout: must be a positive number of seconds, got {dask_timeout}"
+        )
+    if args.dask_timeout is not None and args.dask is None:
+        raise CommandError("--dask-timeout: only with --dask")
     out: Path = args.out if args.out is not None else args.scenario.parent / "results"
     _check_out(out)
     workload = load_workload(scenario.workload, scenario.seed)
@@ -139,7 +154,13 @@ def run(args: argparse.Namespace) -> int:
             return 1
     try:
         outcome = simulate_and_report(
-            scenario, workload, policies, out, workers=args.workers, dask_address=args.dask
+            scenario,
+            workload,
+            policies,
+            out,
+            workers=args.workers,
+            dask_address=args.dask,
+            dask_timeout=dask_timeout,
         )
     except DaskUnavailable as exc:
         raise CommandError(f"--dask: {exc}") from None

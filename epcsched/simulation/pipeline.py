@@ -13,7 +13,7 @@ from epcsched.simulation.bound import LowerBound, lower_bound
 from epcsched.simulation.engine import RunResult
 from epcsched.simulation.report import comparison_table, write_report
 from epcsched.simulation.scenario import Scenario
-from epcsched.simulation.sweep import plan_tasks, run_tasks
+from epcsched.simulation.sweep import DASK_CONNECT_TIMEOUT, plan_tasks, run_tasks
 from epcsched.simulation.workload import Workload
 
 
@@ -35,10 +35,17 @@ def simulate_and_report(
     *,
     workers: int = 1,
     dask_address: str | None = None,
+    dask_timeout: float = DASK_CONNECT_TIMEOUT,
     progress: bool | None = None,
 ) -> Outcome:
     tasks = plan_tasks(scenario, policies, workloads={scenario.seed: workload})
-    results = run_tasks(tasks, workers=workers, dask_address=dask_address, progress=progress)
+    results = run_tasks(
+        tasks,
+        workers=workers,
+        dask_address=dask_address,
+        progress=progress,
+        dask_timeout=dask_timeout,
+    )
     bound = lower_bound(scenario, workload)
     written = write_report(out, scenario, results, bound)
     return Outcome(results, bound, written, comparison_table(results, bound))

@@ -413,11 +413,22 @@ def recheck(target: Target, args: argparse.Namespace, base: Path, meta: dict[str
         raise SystemExit(
             f"--recheck {target.path}: the file changed since {first[:10]}; run it whole again"
         )
-    alive = tuple(m["name"] for m in stored["mutants"] if m["status"] != "killed")
+    # Mutants judged equivalent are left as they are: no test can kill them.
+    equivalents = load_equivalents()
+    alive = tuple(
+        m["name"]
+        for m in stored["mutants"]
+        if m["status"] != "killed"
+        and (
+            (entry := reason_for(equivalents, target.path, m["function"], m["before"], m["after"]))
+            is None
+            or entry.get("kind", "equivalent") != "equivalent"
+        )
+    )
     work = base / (slug(target.path) + "-recheck")
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(base / "snapshot", work)
-    print(f"{target.path}: re-running {len(alive)} surviving mutants in {work}", flush=True)
+    print(f"{target.path}: re-running {len(alive)} non-equivalent survivors in {work}", flush=True)
     codes, seconds, tests = run_mutmut(
         work, target, tests=target.tests, workers=args.workers, profile="ci", names=alive
     )

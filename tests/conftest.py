@@ -11,13 +11,27 @@
 
 `EPCSCHED_HYPOTHESIS_PROFILE` picks a profile by name. Per-test `@settings` set only the number
 of examples (and `deadline=None`), never the randomness, so the profile decides it.
+
+Every test also starts with the parsed-requests cache of `epcsched.objects` empty: mutmut forks
+its workers after a clean run, and a pod found in an inherited cache would never reach the
+(mutated) code that parses requests, so a mutant there could survive unseen.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import settings
+
+from epcsched import objects
+
+
+@pytest.fixture(autouse=True)
+def _fresh_request_cache() -> Iterator[None]:
+    objects._REQUESTS.clear()
+    yield
 
 settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
 settings.register_profile("seeded", derandomize=False, database=None, deadline=None)

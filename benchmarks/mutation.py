@@ -122,7 +122,15 @@ TARGETS = (
     Target(
         "epcsched/core/snapshot.py",
         (
+            "tests/test_snapshot_edges.py",
             "tests/test_snapshot_incremental.py",
+            "tests/test_score_edges.py",
+            "tests/test_extender_cache_edges.py",
+            "tests/test_extender_repeat_caches.py",
+            "tests/test_informer_caches.py",
+            "tests/test_bind.py",
+            "tests/test_plan.py",
+            "tests/test_plan_refusals.py",
             "tests/test_fit_score.py",
             "tests/test_fit_edges.py",
             "tests/test_rules.py",
@@ -141,7 +149,12 @@ TARGETS = (
     ),
     Target(
         "epcsched/core/autoscale.py",
-        ("tests/test_autoscale_core.py", "tests/test_plan.py", "tests/test_plan_refusals.py"),
+        (
+            "tests/test_autoscale_edges.py",
+            "tests/test_autoscale_core.py",
+            "tests/test_plan.py",
+            "tests/test_plan_refusals.py",
+        ),
     ),
     Target(
         "epcsched/extender/service.py",

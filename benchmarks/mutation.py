@@ -139,7 +139,14 @@ TARGETS = (
     ),
     Target(
         "epcsched/core/plan.py",
-        ("tests/test_plan.py", "tests/test_plan_properties.py", "tests/test_plan_refusals.py"),
+        (
+            "tests/test_plan.py",
+            "tests/test_plan_properties.py",
+            "tests/test_plan_refusals.py",
+            "tests/test_plan_edges.py",
+            "tests/test_autoscale_core.py",
+            "tests/test_autoscale_edges.py",
+        ),
         properties=(
             "tests/test_plan_properties.py::test_plans_obey_the_rules_sizes_and_drains",
             "tests/test_plan_properties.py::test_removed_nodes_pods_fit_on_the_nodes_that_remain",

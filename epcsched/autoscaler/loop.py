@@ -40,6 +40,7 @@ from epcsched.core.autoscale import (
     provider_failed,
     removal_done,
     removal_failed,
+    rfc3339,
 )
 from epcsched.core.snapshot import ClusterSnapshot
 from epcsched.model import NodeInfo, PodInfo
@@ -485,7 +486,7 @@ class Autoscaler:
 
     # ----- status ----------------------------------------------------------------------------
     def status_body(self, decision: Decision | None) -> dict[str, Any]:
-        body: dict[str, Any] = {"updated": _rfc3339(self.clock())}
+        body: dict[str, Any] = {"updated": rfc3339(self.clock())}
         telemetry = self.telemetry
         if telemetry is None:
             body["telemetry"] = "off: utilization from requests"
@@ -542,9 +543,3 @@ class Autoscaler:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-def _rfc3339(t: float) -> str:
-    import datetime as dt
-
-    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -130,7 +130,7 @@ class ControllerState:
             m = self.pools[name]
             entry: dict[str, Any] = {"target": m.target, "inFlight": len(m.asked)}
             if m.asked:
-                entry["askedAt"] = [_time(t) for t in m.asked]
+                entry["askedAt"] = [rfc3339(t) for t in m.asked]
             for key, value in (
                 ("lastScaleUp", m.last_scale_up),
                 ("lastScaleDown", m.last_scale_down),
@@ -139,7 +139,7 @@ class ControllerState:
                 ("removingSince", m.removing_since),
             ):
                 if value is not None:
-                    entry[key] = _time(value)
+                    entry[key] = rfc3339(value)
             if m.backoff_step:
                 entry["backoffSeconds"] = m.backoff_step
             if m.failure:
@@ -149,9 +149,9 @@ class ControllerState:
             pools[name] = entry
         return {
             "pools": pools,
-            "unneededNodes": {n: _time(t) for n, t in sorted(self.unneeded_since.items())},
-            "drainFailedNodes": {n: _time(t) for n, t in sorted(self.drain_failed.items())},
-            "removedNodes": {n: _time(t) for n, t in sorted(self.removed.items())},
+            "unneededNodes": {n: rfc3339(t) for n, t in sorted(self.unneeded_since.items())},
+            "drainFailedNodes": {n: rfc3339(t) for n, t in sorted(self.drain_failed.items())},
+            "removedNodes": {n: rfc3339(t) for n, t in sorted(self.removed.items())},
         }
 
     @classmethod
@@ -312,7 +312,7 @@ def decide(
             memory = _back_off(memory, now, why, policy.backoff)
         if reason_blocked is None and memory.backed_off(now):
             reason_blocked = (
-                f"backed off until {_time(memory.backoff_until or now)}: {memory.failure}"
+                f"backed off until {rfc3339(memory.backoff_until or now)}: {memory.failure}"
             )
         elif reason_blocked is None and memory.removing is not None:
             reason_blocked = f"removing node {memory.removing}"
@@ -505,7 +505,8 @@ def _unschedulable(planned: Plan) -> tuple[tuple[str, str], ...]:
     return tuple((item.key, item.reason) for item in planned.unschedulable)
 
 
-def _time(t: float) -> str:
+def rfc3339(t: float) -> str:
+    """`t` (seconds since the epoch) as an RFC 3339 UTC time to the millisecond, `Z`-suffixed."""
     return (
         dt.datetime.fromtimestamp(t, dt.UTC)
         .isoformat(timespec="milliseconds")
@@ -519,8 +520,10 @@ def _parse_time(value: object, where: str) -> float:
         return moment.timestamp()
     if not isinstance(value, str):
         raise ValueError(f"{where}: must be an RFC 3339 time, got {value!r}")
+    # RFC 3339 (section 5.6) allows a lower-case `z`, which fromisoformat does not read.
+    text = value[:-1] + "+00:00" if value[-1:] in ("Z", "z") else value
     try:
-        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = dt.datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"{where}: must be an RFC 3339 time, got {value!r}") from None
     if moment.tzinfo is None:

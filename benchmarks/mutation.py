@@ -166,6 +166,7 @@ TARGETS = (
     Target(
         "epcsched/extender/service.py",
         (
+            "tests/test_service_edges.py",
             "tests/test_extender_http.py",
             "tests/test_extender_fuzz.py",
             "tests/test_extender_preempt.py",

@@ -68,9 +68,10 @@ PLAIN = pod("plain", cpu="100m")
 def mixed() -> ClusterSnapshot:
     """a: 1Gi free. b: 64Mi with 56Mi held, 8Mi free (eviction could help a 16Mi pod).
     c: 8Mi allocatable, less than 16Mi whatever is evicted."""
-    return snapshot_of(
+    snap: ClusterSnapshot = snapshot_of(
         node("a", "1Gi"), node("b", "64Mi"), node("c", "8Mi"), pod("x", "56Mi", node_name="b")
     )
+    return snap
 
 
 INSUFFICIENT_B = "insufficient sgx.intel.com/epc: requested 16Mi, free 8Mi of 64Mi"
@@ -403,9 +404,10 @@ def test_names_prioritize_with_an_unknown_name_keeps_plain_pods_off_sgx_only_whe
 
 def spread_three() -> ClusterSnapshot:
     """a: 1Gi empty. b: 1Gi, 512Mi held. c: 64Mi empty."""
-    return snapshot_of(
+    snap: ClusterSnapshot = snapshot_of(
         node("a", "1Gi"), node("b", "1Gi"), node("c", "64Mi"), pod("x", "512Mi", node_name="b")
     )
+    return snap
 
 
 def test_prioritize_does_not_take_its_filters_fit_for_another_list() -> None:

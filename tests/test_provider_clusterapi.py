@@ -180,8 +180,9 @@ async def test_a_conflict_is_retried_once_from_a_fresh_read_then_reported_retrya
     cluster.api.faults.fail_next(409, path=scale_path, method="PUT")
     await cluster.provider.set_target(pool(), 4)
     assert cluster.replicas() == 4
-    # read, conflicting write, read again, write
-    assert cluster.api.faults.by_verb == {"get": 2, "update": 2}
+    # read the scale, read the MachineDeployment (not paused), conflicting write, read the
+    # scale again, write
+    assert cluster.api.faults.by_verb == {"get": 3, "update": 2}
 
     cluster.api.faults.fail_next(409, count=2, path=scale_path, method="PUT")
     with pytest.raises(ProviderError) as exc:
@@ -586,3 +587,55 @@ async def test_reconciler_scales_machines_and_nodes(cluster: Cluster) -> None:
             )
         )
         assert cluster.replicas() == 1 and len(capi.created) == 3
+
+
+# ----- a paused MachineDeployment ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("paused", "how"),
+    [
+        ({"spec": {"paused": True}}, "spec.paused is true"),
+        (
+            {"metadata": {"annotations": {"cluster.x-k8s.io/paused": ""}}},
+            "it has the cluster.x-k8s.io/paused annotation",
+        ),
+    ],
+)
+async def test_a_paused_machine_deployment_is_refused_before_any_write(
+    cluster: Cluster, paused: Obj, how: str
+) -> None:
+    seed(cluster.api, 2, {"m1": "n1", "m2": "n2"})
+    md = cluster.api.store.get(MD, "default", "md-dcsv3")
+    for key, value in paused.items():
+        md[key] = {**md[key], **value}
+    cluster.api.store.update(MD, "default", "md-dcsv3", md)
+    message = (
+        "pool dcsv3: MachineDeployment default/md-dcsv3 is paused ("
+        + how
+        + "): Cluster API creates and deletes no Machines for it until it is resumed"
+    )
+    with pytest.raises(ProviderError) as raised:
+        await cluster.provider.set_target(pool(), 3)
+    assert str(raised.value) == message
+    assert not raised.value.retryable
+    with pytest.raises(ProviderError) as raised:
+        await cluster.provider.remove_node(pool(), "n2", 1)
+    assert str(raised.value) == message
+    # Nothing was written: no replicas, no delete-machine mark.
+    assert cluster.writes() == 0
+    assert cluster.replicas() == 2 and cluster.marked() == []
+    # Its size is still read (the loop reports it), and the same target writes nothing.
+    assert await cluster.provider.size(pool()) == PoolSize(target=2)
+    await cluster.provider.set_target(pool(), 2)
+    assert cluster.writes() == 0
+
+
+async def test_a_resumed_machine_deployment_scales_again(cluster: Cluster) -> None:
+    seed(cluster.api, 2, {"m1": "n1", "m2": "n2"})
+    md = cluster.api.store.get(MD, "default", "md-dcsv3")
+    cluster.api.store.update(
+        MD, "default", "md-dcsv3", {**md, "spec": {**md["spec"], "paused": False}}
+    )
+    await cluster.provider.set_target(pool(), 3)
+    assert cluster.replicas() == 3

@@ -20,6 +20,9 @@ Choices an operator should know:
   nothing deletes (and that a later scale-down would then pick first): it is refused.
 - If lowering replicas fails after the annotation was added, the annotation is taken off again,
   for the same reason.
+- A paused MachineDeployment (`spec.paused`, or the `cluster.x-k8s.io/paused` annotation) is
+  refused before any write, with the reason: its controllers would act on nothing we write.
+  (A paused Cluster, `Cluster.spec.paused`, is not checked: that needs read access to Clusters.)
 - A 409 on the scale write (someone else changed replicas between our read and our write) is
   retried once from a fresh read, then reported as retryable. Every other failure, including a
   missing MachineDeployment, a version the API server does not serve, 5xx and an unreachable
@@ -50,6 +53,9 @@ GROUP = "cluster.x-k8s.io"
 DEFAULT_VERSION = "v1beta1"
 DELETE_MACHINE_ANNOTATION = "cluster.x-k8s.io/delete-machine"
 """Machines carrying this annotation are the first a MachineSet deletes when it scales down."""
+PAUSED_ANNOTATION = "cluster.x-k8s.io/paused"
+"""Cluster API's controllers skip an object carrying this annotation, as they do one whose
+`spec.paused` is true."""
 DEPLOYMENT_NAME_LABEL = "cluster.x-k8s.io/deployment-name"
 """Set by Cluster API on every Machine of a MachineDeployment."""
 
@@ -191,6 +197,7 @@ class ClusterApiProvider:
         md = self._ref(pool)
         # The scale is read first, so that a missing MachineDeployment is what gets reported.
         await self._read_scale(pool, md)
+        await self._refuse_paused(pool, md)
         machines = await self._machines(pool, md)
         mine = [m for m in machines if _deployment_of(m) == md.name]
         machine = next((m for m in machines if _node_of(m) == node), None)
@@ -316,6 +323,8 @@ class ClusterApiProvider:
                     why,
                 )
                 return
+            if attempt == 1:
+                await self._refuse_paused(pool, md)
             body: Obj = {
                 "apiVersion": "autoscaling/v1",
                 "kind": "Scale",
@@ -365,6 +374,37 @@ class ClusterApiProvider:
                 why,
             )
             return
+
+    async def _refuse_paused(self, pool: NodePoolSettings, md: MachineDeploymentRef) -> None:
+        """A paused MachineDeployment takes new replicas but no controller acts on them: nodes
+        asked for would never come, and a marked Machine would never go. Refused, naming how
+        it is paused, so the pool backs off with that reason instead of waiting for nodes."""
+        obj = await self._call(
+            pool,
+            md,
+            "read",
+            self._custom.get_namespaced_custom_object(
+                GROUP,
+                self.version,
+                md.namespace,
+                "machinedeployments",
+                md.name,
+                _request_timeout=self.request_timeout,
+            ),
+        )
+        spec = obj.get("spec") if isinstance(obj, dict) else None
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        annotations = meta.get("annotations") if isinstance(meta, dict) else None
+        how = []
+        if isinstance(spec, dict) and spec.get("paused") is True:
+            how.append("spec.paused is true")
+        if isinstance(annotations, dict) and PAUSED_ANNOTATION in annotations:
+            how.append(f"it has the {PAUSED_ANNOTATION} annotation")
+        if how:
+            raise ProviderError(
+                f"pool {pool.name}: MachineDeployment {md} is paused ({' and '.join(how)}): "
+                "Cluster API creates and deletes no Machines for it until it is resumed"
+            )
 
     async def _machines(self, pool: NodePoolSettings, md: MachineDeploymentRef) -> list[Obj]:
         """Every Machine in the MachineDeployment's namespace: the node's Machine may belong to

@@ -1,14 +1,17 @@
-"""The planner at the edges a whole-file mutation run of core/plan.py found untested, every
-expected value worked out by hand.
+"""The planner at the edges a whole-file mutation run found untested, values worked by hand.
 
-Protects: `PlanPolicy.from_settings` copying every knob; `Plan.to_json` field by field; the exact
-wording of each reason a pool's template refuses a pod (an EPC name it lacks, too small after
-headroom, CPU, memory, pod slots, several at once) and of the reasons no pool grows (at maxSize,
-backed off, no pool at all); the expanders on exact ties and near-ties (waste, pods helped, cost
-per pod); the waste measure on EPC and on CPU and memory; first-fit-decreasing at the pool's
-size limit and with headroom; templates that are not Ready; `node_utilization` at one byte,
-with reservations and on nodes without EPC. Nodes are 16 GiB of EPC, 4 CPUs and 32 GiB of
-memory (`TEMPLATE`) unless a test says otherwise.
+Protects in core/plan.py: `PlanPolicy` (its checks, `from_settings` copying every knob);
+`Plan.to_json` field by field; the exact wording of each reason a pool's template refuses a pod
+(an EPC name it lacks, too small after headroom, CPU, memory, pod slots, taints, selectors,
+several at once) and of the reasons no pool grows (at maxSize, backed off, no pool at all); the
+order pending pods are packed in; the expanders on exact ties and near-ties (waste, pods helped,
+cost per pod); the waste measure on EPC and on CPU and memory; first-fit-decreasing at the
+pool's size limit and with headroom; templates that are not Ready; booting nodes under
+cluster-autoscaler emulation; the pressure rule at the tolerance edge, over skipped pools and
+added to other scale-ups; scale-down refused onto a pool over target, the drain order, and a
+failed drain putting back the node's pressure and a measured use of 0; `node_utilization` at
+one unit, with reservations and on nodes without EPC. Nodes are 16 GiB of EPC, 4 CPUs and
+32 GiB of memory (`TEMPLATE`) unless a test says otherwise.
 """
 
 from __future__ import annotations
@@ -230,7 +233,7 @@ def test_headroom_keeps_two_pods_off_one_new_node() -> None:
     ]
 
 
-def test_cpu_short_alone_is_reported_alone_even_with_epc_exactly_full() -> None:
+def test_epc_exactly_filling_the_template_is_no_shortfall_beside_cpu() -> None:
     # EPC exactly 16 GiB fills the template and is no shortfall; 5 CPUs against 4 is.
     result = decide([pending("a", {EPC: 16 * GIB}, cpu=5000)], [pool_state()])
     assert reasons(result) == ["pool p: insufficient cpu: requested 5, template has 4"]
@@ -299,8 +302,9 @@ def test_taints_and_selectors_are_named() -> None:
 
 
 def test_the_reason_is_judged_on_the_same_what_if_node_as_the_verdict() -> None:
-    # A pod that refuses a node by name (matchFields) is refused by the probe node "~probe",
-    # and the reason must say so rather than fall through to "cannot hold it".
+    # The verdict is taken on a what-if node named "~probe" (what-if names start with "~"); a
+    # pod that refuses that name (matchFields) must get the rule's reason, not "cannot hold it".
+    # This pins the probe's name, an internal detail: rename both together.
     term = (NodeSelectorRequirement("metadata.name", "NotIn", ("~probe",), field=True),)
     pod = dataclasses.replace(pending("a", {EPC: GIB}), node_affinity=(term,))
     result = decide([pod], [pool_state()])
@@ -485,7 +489,8 @@ def test_node_utilization_reads_epc_by_default() -> None:
     add_pod(snap, "a", 8, node="n1", cpu=100)
     # 8 of 16 GiB; its CPU share (0.1 of 4) would read 0.025.
     assert node_utilization(snap, "n1") == 0.5
-    assert node_utilization(snap, "n1", epc_aware=False) == max(100 / 4000, 0.25 / 32)
+    # Without EPC: the larger of CPU 100m/4 = 0.025 and memory 0.25/32 GiB = 0.0078.
+    assert node_utilization(snap, "n1", epc_aware=False) == 0.025
 
 
 def test_node_utilization_counts_reservations() -> None:

@@ -33,6 +33,7 @@ def _fresh_request_cache() -> Iterator[None]:
     objects._REQUESTS.clear()
     yield
 
+
 settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
 settings.register_profile("seeded", derandomize=False, database=None, deadline=None)
 

@@ -41,54 +41,12 @@ from epcsched.core.autoscale import (
 )
 from epcsched.core.plan import Plan, PlanPolicy
 from epcsched.core.snapshot import ClusterSnapshot
-from epcsched.model import PodInfo
-from epcsched.objects import template_node
-from epcsched.quantity import DEFAULT_EPC_RESOURCES
+from tests.test_autoscale_core import POLICY, TEMPLATE, node, pod, snap
 
-EPC = "sgx.intel.com/epc"
-GIB = 2**30
-TEMPLATE = template_node(
-    "t",
-    {EPC: "16Gi", "cpu": "4", "memory": "32Gi", "pods": "110"},
-    DEFAULT_EPC_RESOURCES,
-    labels={"agentpool": "p"},
-)
-POLICY = ControllerPolicy(
-    plan=PlanPolicy(scale_down_unneeded_time=600, scale_down_delay_after_add=600),
-    max_node_provision_time=900,
-)
 # 2026-03-01T12:00:00Z: 56 years since 1970 with 14 leap days (1972..2024) is 20454 days, plus
 # January and February 2026 (59) is 20513 days = 1 772 323 200 s, plus 12 h (43 200 s).
 T = 1_772_366_400.0
 T_TEXT = "2026-03-01T12:00:00.000Z"
-
-
-def snap() -> ClusterSnapshot:
-    return ClusterSnapshot(DEFAULT_EPC_RESOURCES)
-
-
-def node(s: ClusterSnapshot, name: str, *, epc: bool = True) -> str:
-    info = dataclasses.replace(TEMPLATE, name=name, ready=True)
-    if not epc:
-        info = dataclasses.replace(info, epc_allocatable={})
-    s.upsert_node(info)
-    return name
-
-
-def pod(s: ClusterSnapshot, name: str, epc_gib: float, node_name: str | None = None) -> None:
-    s.upsert_pod(
-        PodInfo(
-            "default",
-            name,
-            node_name=node_name,
-            phase="Running" if node_name else "Pending",
-            epc={EPC: int(epc_gib * GIB)},
-            cpu_milli=100,
-            memory=GIB // 4,
-            owner_kind="ReplicaSet",
-            marked_unschedulable=node_name is None,
-        )
-    )
 
 
 def view(s: ClusterSnapshot, name: str = "p", **kw: object) -> PoolView:

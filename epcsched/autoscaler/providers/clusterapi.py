@@ -234,7 +234,13 @@ class ClusterApiProvider:
                     machine = None
             if machine is not None:
                 try:
-                    await self._scale_to(pool, md, lambda _now: target, why=f"remove node {node}")
+                    await self._scale_to(
+                        pool,
+                        md,
+                        lambda _now: target,
+                        why=f"remove node {node}",
+                        paused_checked=True,
+                    )
                 except ProviderError:
                     if marked:
                         await self._unmark(pool, md, name)
@@ -255,6 +261,7 @@ class ClusterApiProvider:
             md,
             lambda now: max(target, min(now, remaining)),
             why=f"node {node} already gone",
+            paused_checked=True,
         )
 
     async def close(self) -> None:
@@ -308,9 +315,12 @@ class ClusterApiProvider:
         wanted: Callable[[int], int],
         *,
         why: str,
+        paused_checked: bool = False,
     ) -> None:
         """Set replicas to `wanted(current)`, with the Scale's resourceVersion as precondition;
-        the same value writes nothing; one retry from a fresh read after a conflict."""
+        the same value writes nothing; one retry from a fresh read after a conflict. A paused
+        MachineDeployment is refused before the write unless the caller has already refused
+        it (`paused_checked`)."""
         for attempt in (1, 2):
             current, version = await self._read_scale(pool, md)
             replicas = wanted(current)
@@ -323,7 +333,7 @@ class ClusterApiProvider:
                     why,
                 )
                 return
-            if attempt == 1:
+            if attempt == 1 and not paused_checked:
                 await self._refuse_paused(pool, md)
             body: Obj = {
                 "apiVersion": "autoscaling/v1",

@@ -507,6 +507,8 @@ class InProcess:
             PodInfo(NAMESPACE, name, f"uid-{name}", node_name=host, phase="Running",
                     epc={EPC: need}, cpu_milli=100, memory=256 * 2**20)
         )  # fmt: skip
+        # What the extender does after the bind's watch event, before the next request.
+        self.service.refresh()
         if timed:
             self.filter.append(filtered)
             self.both.append(filtered + prioritized)

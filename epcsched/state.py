@@ -7,6 +7,7 @@ The extender never knows which one it has.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from epcsched.core.snapshot import ClusterSnapshot
@@ -19,6 +20,10 @@ class ClusterState(Protocol):
     def snapshot(self) -> ClusterSnapshot:
         """The current snapshot; mutated only by the state's owner, on the event loop."""
         ...
+
+    change_listeners: list[Callable[[], None]]
+    """Called on the event loop after the owner changed the snapshot (watch events applied,
+    a list replaced); each must be quick, as the next event waits for it."""
 
     def ready(self) -> bool:
         """True once the state reflects the cluster (first list done, file loaded)."""
@@ -51,6 +56,8 @@ class SnapshotState:
         self._snapshot = snapshot
         self._sources = list(sources or [])
         self._source = source
+        self.change_listeners: list[Callable[[], None]] = []
+        """Never called here: whoever feeds the snapshot directly calls them if it wants."""
 
     @property
     def snapshot(self) -> ClusterSnapshot:

@@ -8,6 +8,8 @@ same score everywhere, and kube-scheduler's own LeastAllocated would then decide
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
@@ -73,6 +75,18 @@ def normalise(raw: FloatArray, eligible: npt.NDArray[np.bool_]) -> IntArray:
     scaled = np.floor((values - low) / (high - low) * MAX_SCORE + 0.5)
     scores[eligible] = scaled.astype(np.int64)
     return scores
+
+
+def normalise_above(values: list[float], low: float) -> list[int]:
+    """`normalise` for candidates whose raw scores `values` are all above the lowest
+    candidate's `low`, without that candidate's own 0: each the same float64 operations on
+    the same numbers (Python floats are IEEE doubles), so each score is the one `normalise`
+    gives over all the candidates. For the handful of candidates a binpack request finds
+    above the rest, where numpy's cost per call would outweigh the arithmetic."""
+    if not values:
+        return []
+    span = max(values) - low
+    return [math.floor((value - low) / span * MAX_SCORE + 0.5) for value in values]
 
 
 def raw_and_eligible(

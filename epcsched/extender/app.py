@@ -177,6 +177,29 @@ def _extender_verb(
     return handle
 
 
+def refresh_on_change(state: ClusterState, service: ExtenderService) -> None:
+    """After each change of the cluster state, bring `service`'s per-node figures up to date
+    once the event loop is free (several changes in one pass of the loop, one refresh)."""
+    pending = False
+
+    def run() -> None:
+        nonlocal pending
+        pending = False
+        try:
+            service.refresh()
+        except Exception:
+            # The next request redoes the same update and answers or reports any fault.
+            log.exception("refreshing the extender's figures after a cluster change failed")
+
+    def changed() -> None:
+        nonlocal pending
+        if not pending:
+            pending = True
+            asyncio.get_running_loop().call_soon(run)
+
+    state.change_listeners.append(changed)
+
+
 def add_verb(app: web.Application, verb: str, handler: Handler) -> None:
     """Serve `POST {extender.prefix}/{verb}`, observed."""
     app.router.add_post(f"{app[PREFIX]}/{verb}", observed(verb, handler), name=verb)
@@ -289,6 +312,7 @@ def create_app(
         strategy=settings.strategy,
         prefer_non_sgx=settings.prefer_non_sgx,
     )
+    refresh_on_change(state, app[SERVICE])
     app[METRICS] = ExtenderMetrics(registry or CollectorRegistry(), lambda: state.snapshot)
     prefix = settings.prefix.strip("/")
     app[PREFIX] = f"/{prefix}" if prefix else ""

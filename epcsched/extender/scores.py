@@ -11,6 +11,10 @@ candidates' raw scores, and only the candidates above the lowest need spreading 
 with binpack on a live cluster, the handful of partly filled nodes. The spreading is the
 core's own `normalise`, given the lowest and the highest raw score, so every score is the one
 the core computes over all candidates.
+
+`refresh` brings every table up to date at once: the extender calls it after a watch event,
+between requests, so that a bind is folded into the tables while kube-scheduler is busy
+elsewhere, not while it waits for a prioritize reply.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from epcsched.core.fit import PodRequest, fits_everywhere
-from epcsched.core.score import normalise, raw_and_eligible, raw_scores
+from epcsched.core.score import normalise, normalise_above, raw_and_eligible, raw_scores
 from epcsched.core.snapshot import ClusterSnapshot, FloatArray, IntArray
 
 _TABLES = 8
+_FEW = 16
+"""Up to this many candidates above the lowest are spread in Python, not numpy."""
 
 _Key = tuple[tuple[tuple[str, int], ...], int, int]
 
@@ -35,6 +41,8 @@ class _Table:
 
     mark: tuple[int, int]
     raw: FloatArray
+    request: PodRequest
+    """The request the table was built for (any of its kind), for `refresh`."""
 
 
 class ScoreTables:
@@ -60,10 +68,16 @@ class ScoreTables:
         size = len(snapshot.slot_names)
         raw = np.zeros(size + 1, dtype=np.float64)
         raw[:size] = self._raw(snapshot, request, np.arange(size, dtype=np.int64))
-        table = self._tables[key] = _Table(snapshot.mark(), raw)
+        table = self._tables[key] = _Table(snapshot.mark(), raw, request)
         if len(self._tables) > _TABLES:
             self._tables.popitem(last=False)
         return table
+
+    def refresh(self, snapshot: ClusterSnapshot) -> None:
+        """Bring every table up to date with `snapshot`, least recently used first, so that
+        their order of use is unchanged."""
+        for table in list(self._tables.values()):
+            self._table(snapshot, table.request)
 
     def _raw(self, snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray) -> FloatArray:
         """The core's raw scores at `slots`; fit is not needed here (see `above_lowest`)."""
@@ -94,14 +108,21 @@ class ScoreTables:
         above = np.flatnonzero(raw > low)
         if above.shape[0] == 0:
             return _NONE, _NONE
-        if 2 * above.shape[0] > raw.shape[0]:
+        count = above.shape[0]
+        if 2 * count > raw.shape[0]:
             # Most candidates differ from the lowest (a cluster of varied loads): spread all.
             return None, normalise(raw, np.ones(raw.shape[0], dtype=np.bool_))
+        if count <= _FEW:
+            # The usual binpack answer: a handful of partly filled nodes, spread in Python
+            # floats, which for so few costs less than numpy's fixed cost per call.
+            scores = normalise_above(raw[above].tolist(), float(low))
+            kept = [i for i, score in enumerate(scores) if score]
+            return above[kept], np.array([scores[i] for i in kept], dtype=np.int64)
         # With the lowest raw score beside them, normalise spreads exactly as over all.
         values = np.append(raw[above], low)
-        scores = normalise(values, np.ones(values.shape[0], dtype=np.bool_))[:-1]
-        kept = np.flatnonzero(scores)
-        return above[kept], scores[kept]
+        spread = normalise(values, np.ones(values.shape[0], dtype=np.bool_))[:-1]
+        nonzero = np.flatnonzero(spread)
+        return above[nonzero], spread[nonzero]
 
 
 _NONE = np.zeros(0, dtype=np.int64)

@@ -99,6 +99,19 @@ class ExtenderService:
     def prefer_non_sgx(self) -> bool:
         return self._scores.prefer_non_sgx
 
+    def refresh(self) -> None:
+        """Fold the snapshot's latest changes into what the next request reads: each EPC
+        name's fit view and the raw-score tables of the kinds of pod asked about lately.
+
+        Called after the cluster changed (a watch event), between requests: kube-scheduler is
+        then binding or filtering on its own, and the node a bind changed is updated then
+        rather than while it waits for our reply. Requests stay correct without it; they
+        would only do the same update themselves."""
+        snapshot = self._snapshot()
+        for name in snapshot.epc:
+            snapshot.fit_view(name)
+        self._scores.refresh(snapshot)
+
     # ----- decoding with caches ----------------------------------------------------------
     def pod_request(self, raw: bytes, snapshot: ClusterSnapshot) -> PodRequest:
         """What the pod asks of a node. Prioritize repeats its filter's pod byte for byte, and

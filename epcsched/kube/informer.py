@@ -199,6 +199,8 @@ class Reflector:
     settings: InformerSettings
     rng: random.Random
     field_selector: str | None = None
+    changed: Callable[[], None] | None = None
+    """Called after a list or a chunk of watch events has changed the sink."""
     status: ReflectorStatus = field(default_factory=ReflectorStatus)
     synced: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -286,6 +288,8 @@ class Reflector:
             if not token:
                 break
         self.sink.replace(items)
+        if self.changed is not None:
+            self.changed()
         self.status.lists += 1
         if not self.status.synced:
             self.status.synced = True
@@ -321,23 +325,27 @@ class Reflector:
                 if not data:
                     # The server ended the watch; a last line without its newline still counts.
                     if pending and not pending.isspace():
-                        self._event(pending)
+                        if self._event(pending) and self.changed is not None:
+                            self.changed()
                         delivered = True
                     return delivered
                 lines = (pending + data if pending else data).split(b"\n")
                 pending = lines.pop()
                 if len(pending) > MAX_EVENT_BYTES:
                     raise ValueError(f"a watch event longer than {MAX_EVENT_BYTES} bytes")
+                applied = False
                 for line in lines:
                     if line and not line.isspace():
-                        self._event(line)
+                        applied |= self._event(line)
                         delivered = True
+                if applied and self.changed is not None:
+                    self.changed()
         finally:
             # A watch cut short leaves unread bytes: close instead of reusing the connection.
             response.close()
 
-    def _event(self, line: bytes) -> None:
-        """Apply one watch event line."""
+    def _event(self, line: bytes) -> bool:
+        """Apply one watch event line; whether it went to the sink (not a bookmark)."""
         event = _event_decoder.decode(line)
         if event.type == "ERROR":
             status = _status_decoder.decode(event.object)
@@ -348,11 +356,12 @@ class Reflector:
             if version is not None and version.resourceVersion:
                 self.status.resource_version = version.resourceVersion
             self.status.bookmarks += 1
-            return
+            return False
         seen = self.sink.apply(event.type, event.object)
         if seen:
             self.status.resource_version = seen
         self.status.events += 1
+        return True
 
 
 # ----- sinks into the snapshot -----------------------------------------------------------
@@ -458,6 +467,8 @@ class InformerState:
         self.pod_listeners: list[Callable[[PodInfo], None]] = []
         """Called with each pod a watch event added or changed (after the snapshot has it):
         the autoscaler wakes on new unschedulable pods instead of waiting for its interval."""
+        self.change_listeners: list[Callable[[], None]] = []
+        """Called after the informers changed the snapshot (a chunk of watch events, a list)."""
 
     @property
     def snapshot(self) -> ClusterSnapshot:
@@ -505,6 +516,10 @@ class InformerState:
                 extra={"pod": info.key, "uid": info.uid, "resource": name, "nearest": nearest},
             )
 
+    def _changed(self) -> None:
+        for listener in self.change_listeners:
+            listener()
+
     def _skip(self, what: str, why: str) -> None:
         if what not in self.skipped:
             log.warning("ignoring %s: %s", what, why)
@@ -536,7 +551,13 @@ class InformerState:
         self.api = api_client(self.configuration)
         core = client.CoreV1Api(self.api)
         self.nodes = Reflector(
-            "nodes", core.list_node, NodeList, _NodeSink(self), self.settings, self._rng
+            "nodes",
+            core.list_node,
+            NodeList,
+            _NodeSink(self),
+            self.settings,
+            self._rng,
+            changed=self._changed,
         )
         self.pods = Reflector(
             "pods",
@@ -546,6 +567,7 @@ class InformerState:
             self.settings,
             self._rng,
             field_selector=ACTIVE_PODS,
+            changed=self._changed,
         )
         for reflector in (self.nodes, self.pods):
             self._tasks.append(

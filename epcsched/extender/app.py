@@ -154,9 +154,11 @@ def _extender_verb(
     answer: Callable[[ExtenderService, bytes], bytes | tuple[bytes, FilterFailures | None]],
     *,
     decided: Callable[[FilterFailures], None] | None = None,
+    then: Callable[[ExtenderService], None] | None = None,
 ) -> Handler:
     """A verb answered by `answer` once the state has synced (`Error` before); an answer that
-    comes with the nodes it failed hands them to `decided`."""
+    comes with the nodes it failed hands them to `decided`; `then` runs once the reply is
+    sent."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         gate = request.app[GATE]
@@ -172,9 +174,19 @@ def _extender_verb(
             if failures is not None and decided is not None:
                 # After this handler's reply is on the socket: kube-scheduler need not wait.
                 asyncio.get_running_loop().call_soon(decided, failures)
+        if then is not None:
+            asyncio.get_running_loop().call_soon(then, request.app[SERVICE])
         return web.Response(body=answered, content_type=_JSON)
 
     return handle
+
+
+def _prioritize_ahead(service: ExtenderService) -> None:
+    try:
+        service.prioritize_ahead()
+    except Exception:
+        # The prioritize request itself then answers, or reports the fault.
+        log.exception("answering prioritize ahead of its request failed")
 
 
 def refresh_on_change(state: ClusterState, service: ExtenderService) -> None:
@@ -317,7 +329,13 @@ def create_app(
     prefix = settings.prefix.strip("/")
     app[PREFIX] = f"/{prefix}" if prefix else ""
     add_verb(
-        app, "filter", _extender_verb(ExtenderService.filter_and_failures, decided=log_failures)
+        app,
+        "filter",
+        _extender_verb(
+            ExtenderService.filter_and_failures,
+            decided=log_failures,
+            then=_prioritize_ahead,
+        ),
     )
     add_verb(app, "prioritize", _extender_verb(ExtenderService.prioritize))
     add_verb(app, "preempt", _extender_verb(ExtenderService.preempt))

@@ -1,0 +1,228 @@
+"""Work moved off kube-scheduler's wait never changes an answer.
+
+Protects issue 10's latency measures: the extender folds a watch event into its fit views and
+score tables right after the event (`ExtenderService.refresh`, wired to the informers' change
+listeners), and answers a prioritize ahead of its request once its filter passed every node
+(`prioritize_ahead`). Either may only move work; a reply computed ahead is used only for the
+very body it answers with nothing changed since. Expected replies are worked out by hand
+(binpack: a node's raw score is its EPC share used once the pod is placed; the lowest candidate
+scores 0 and is left out, the highest 10, the rest `floor(10 * (raw - low) / (high - low) + 0.5)`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import msgspec
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from epcsched.config import Config
+from epcsched.core.score import normalise, normalise_above
+from epcsched.extender.service import ExtenderService
+from epcsched.kube.informer import InformerSettings, InformerState
+from epcsched.objects import Pod, pod_info
+from epcsched.quantity import DEFAULT_EPC_RESOURCES
+from epcsched.testing.apiserver import FakeApiServer
+from epcsched.testing.store import BY_KIND
+from tests import kube_helpers
+from tests.helpers import node, pod, snapshot_of
+
+FAST = InformerSettings(backoff_initial=0.01, backoff_max=0.1, watch_timeout=(1, 2), page_size=50)
+
+
+def body(*names: str, epc: str = "16Mi", name: str = "p") -> bytes:
+    return json.dumps({"Pod": pod(name, epc), "Nodes": None, "NodeNames": list(names)}).encode()
+
+
+def bound(name: str, epc: str, node_name: str) -> object:
+    obj = pod(name, epc, node_name=node_name)
+    obj["status"] = {"phase": "Running"}
+    return pod_info(msgspec.convert(obj, Pod), DEFAULT_EPC_RESOURCES)
+
+
+def three_nodes() -> tuple[object, ExtenderService]:
+    # a, b, c: 1Gi each, holding 0, 256Mi and 512Mi. A 16Mi pod fits all three; after placing
+    # it a holds 16Mi, b 272Mi, c 528Mi: raw 16/1024, 272/1024, 528/1024. Over a, b, c:
+    # low 16, high 528, b = floor(10 * 256/512 + 0.5) = floor(5.5) = 5, c = 10.
+    snap = snapshot_of(
+        node("a", "1Gi"),
+        node("b", "1Gi"),
+        node("c", "1Gi"),
+        pod("x", "256Mi", node_name="b"),
+        pod("y", "512Mi", node_name="c"),
+    )
+    return snap, ExtenderService(lambda: snap, strategy="binpack")
+
+
+def scores(reply: bytes) -> dict[str, int]:
+    return {entry["Host"]: entry["Score"] for entry in json.loads(reply)}
+
+
+def test_a_reply_computed_ahead_is_the_reply() -> None:
+    _, service = three_nodes()
+    first = body("a", "b", "c")
+    service.filter(first)
+    assert scores(service.prioritize(first)) == {"b": 5, "c": 10}
+    # The next pod of the same kind: its prioritize is answered ahead, then asked for.
+    second = body("c", "a", "b", name="q")
+    service.filter(second)
+    service.prioritize_ahead()
+    assert scores(service.prioritize(second)) == {"b": 5, "c": 10}
+
+
+def test_a_bind_after_the_reply_was_computed_ahead_is_seen() -> None:
+    snap, service = three_nodes()
+    first = body("a", "b", "c")
+    service.filter(first)
+    service.prioritize(first)
+    second = body("a", "b", "c", name="q")
+    service.filter(second)
+    service.prioritize_ahead()
+    # 256Mi more lands on b before the prioritize arrives: b now holds 512Mi, like c, and
+    # both score 10 (raw 528/1024 each); were the reply computed ahead used, b would get 5.
+    snap.upsert_pod(bound("z", "256Mi", "b"))  # type: ignore[attr-defined]
+    assert scores(service.prioritize(second)) == {"b": 10, "c": 10}
+
+
+def test_a_prioritize_of_another_list_is_answered_for_that_list() -> None:
+    _, service = three_nodes()
+    first = body("a", "b", "c")
+    service.filter(first)
+    service.prioritize(first)
+    service.filter(first)
+    service.prioritize_ahead()
+    # Over a and b only: low 16 (a), high 272 (b): b = 10, a left out.
+    assert scores(service.prioritize(body("a", "b"))) == {"b": 10}
+
+
+def test_nothing_is_computed_ahead_until_prioritize_follows_filter() -> None:
+    _, service = three_nodes()
+    request = body("a", "b", "c")
+    # The high-throughput profile: filters only. Computing ahead would be work for nothing.
+    for _ in range(3):
+        service.filter(request)
+        service.prioritize_ahead()
+        assert service._ahead is None
+    # Once a prioritize repeats its filter's body, the next filter's is computed ahead.
+    service.prioritize(request)
+    service.filter(request)
+    service.prioritize_ahead()
+    assert service._ahead is not None
+
+
+def test_nothing_is_computed_ahead_when_a_node_failed_or_only_one_passed() -> None:
+    _, service = three_nodes()
+    request = body("a", "b", "c")
+    service.filter(request)
+    service.prioritize(request)
+    # 600Mi fits a (1Gi free) and b (768Mi) but not c (512Mi): kube-scheduler then sends the
+    # two that passed, a body of its own, so the filter's body is never asked about.
+    big = body("a", "b", "c", epc="600Mi", name="big")
+    assert json.loads(service.filter(big))["NodeNames"] == ["a", "b"]
+    service.prioritize_ahead()
+    assert service._ahead is None
+    # One node passes: kube-scheduler does not prioritize at all.
+    service.filter(request)
+    service.prioritize(request)
+    service.filter(body("a", name="one"))
+    service.prioritize_ahead()
+    assert service._ahead is None
+
+
+def test_refresh_changes_no_reply() -> None:
+    # The same binds into two copies of one cluster, one service refreshed after each bind:
+    # every reply must be the same byte for byte.
+    replies: list[list[bytes]] = []
+    for refreshed in (False, True):
+        snap, service = three_nodes()
+        seen: list[bytes] = []
+        for i, (where, epc) in enumerate([("a", "64Mi"), ("b", "128Mi"), ("a", "300Mi")]):
+            for mib in ("16Mi", "100Mi"):
+                request = body("a", "b", "c", epc=mib, name=f"p{i}{mib}")
+                seen.append(service.filter(request))
+                seen.append(service.prioritize(request))
+            snap.upsert_pod(bound(f"bind{i}", epc, where))  # type: ignore[attr-defined]
+            if refreshed:
+                service.refresh()
+        replies.append(seen)
+    assert replies[0] == replies[1]
+
+
+def test_refresh_leaves_no_change_for_the_next_request() -> None:
+    snap, service = three_nodes()
+    for mib in ("16Mi", "100Mi"):
+        request = body("a", "b", "c", epc=mib, name=mib)
+        service.filter(request)
+        service.prioritize(request)
+    snap.upsert_pod(bound("z", "64Mi", "a"))  # type: ignore[attr-defined]
+    service.refresh()
+    # Both kinds of pod's tables have read the bind: nothing is left for a request to update.
+    tables = list(service._scores._tables.values())
+    assert len(tables) == 2
+    for table in tables:
+        changed = snap.changed_since(table.mark)  # type: ignore[attr-defined]
+        assert changed is not None and changed.shape[0] == 0
+
+
+def test_normalise_above_by_hand() -> None:
+    # low 0.25, values 0.5 and 0.75: span 0.5; 0.5 -> 10 * 0.5 + 0.5 = 5.5 -> 5; 0.75 -> 10.
+    assert normalise_above([0.5, 0.75], 0.25) == [5, 10]
+    # Exactly half a step rounds up: (0.25 - 0) / 1 * 10 = 2.5, + 0.5 = 3.0 -> 3.
+    assert normalise_above([0.25, 1.0], 0.0) == [3, 10]
+    # Just under: 0.125 -> 1.25 + 0.5 = 1.75 -> 1.
+    assert normalise_above([0.125, 1.0], 0.0) == [1, 10]
+    # One value above the lowest is the highest: 10.
+    assert normalise_above([0.3], 0.1) == [10]
+    assert normalise_above([], 0.5) == []
+
+
+@given(
+    st.floats(min_value=0.0, max_value=4.0, allow_nan=False),
+    st.lists(st.floats(min_value=0.0, max_value=4.0, allow_nan=False), min_size=1, max_size=20),
+)
+def test_normalise_above_is_normalise_over_all_candidates(low: float, values: list[float]) -> None:
+    above = [v for v in values if v > low]
+    everything = np.array([*above, low], dtype=np.float64)
+    expected = normalise(everything, np.ones(everything.shape[0], dtype=np.bool_))[:-1]
+    assert normalise_above(above, low) == expected.tolist()
+
+
+async def test_informer_change_listeners_run_after_the_snapshot_has_changed(
+    tmp_path: Path,
+) -> None:
+    async with FakeApiServer(bookmark_interval=0.05) as api:
+        api.store.load(BY_KIND["Node"], kube_helpers.node("n1", "100Mi"))
+        state = InformerState(
+            await kube_helpers.configuration(api, tmp_path), Config(), settings=FAST
+        )
+        seen: list[tuple[int, bool]] = []
+
+        def changed() -> None:
+            seen.append((len(state.snapshot), "default/a" in state.snapshot.pods))
+
+        state.change_listeners.append(changed)
+        await state.start()
+        try:
+            await state.wait_synced(timeout=5)
+            # Each first list changed the snapshot: one call per list, the node there at the
+            # latest by the second.
+            assert len(seen) == 2 and seen[-1] == (1, False)
+            # Bookmarks (every 0.05 s) change nothing and call nothing.
+            await asyncio.sleep(0.3)
+            assert len(seen) == 2
+            api.store.load(
+                BY_KIND["Pod"],
+                kube_helpers.pod("a", "30Mi", node_name="n1", phase="Running"),
+            )
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5
+            while len(seen) < 3 and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            # The pod's event: called once, with the pod already in the snapshot.
+            assert seen[2:] == [(1, True)]
+        finally:
+            await state.stop()

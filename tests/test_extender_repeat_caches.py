@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 
 import msgspec
+import pytest
 
 from epcsched.extender.service import ExtenderService
+from epcsched.extender.wire import BadRequest
 from epcsched.objects import Pod, pod_info
 from epcsched.quantity import DEFAULT_EPC_RESOURCES
 from tests.helpers import node, pod, snapshot_of
@@ -112,3 +114,18 @@ def test_a_reply_listing_most_candidates_follows_the_cluster() -> None:
     # c (300-200)/400 -> 3.0 -> 3, d 200/400 -> 5.5 -> 5.
     snap.upsert_pod(bound("w", "500Mi", "a"))  # type: ignore[arg-type]
     assert listed() == [("a", 10), ("c", 3), ("d", 5)]
+
+
+def test_a_pod_whose_spec_was_seen_is_still_checked_outside_it() -> None:
+    snap = snapshot_of(node("a", "1Gi"))
+    service = ExtenderService(lambda: snap, strategy="binpack")
+    assert passing(service.filter(body("a", name="p"))) == ["a"]
+    # The same spec again, its requests known; but a name that is not a string is refused as
+    # before, with the field named.
+    bad = json.loads(body("a", name="q"))
+    bad["Pod"]["metadata"]["name"] = 5
+    with pytest.raises(BadRequest, match=r"^Pod: .*metadata\.name"):
+        service.filter(json.dumps(bad).encode())
+    # And a known spec under another, valid pod is answered from what it asks: 2Gi fits no
+    # 1Gi node, whatever pod asked 16Mi with another spec before.
+    assert passing(service.filter(body("a", epc="2Gi", name="r"))) == []

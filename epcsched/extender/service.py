@@ -33,7 +33,7 @@ from epcsched.core.snapshot import ClusterSnapshot, IntArray
 from epcsched.extender import wire
 from epcsched.extender.names import NameResolver, SlotNames
 from epcsched.extender.scores import ScoreTables
-from epcsched.objects import ObjectError, pod_info
+from epcsched.objects import ObjectError, ObjectMeta, PodStatus, pod_info
 
 _POD_CACHE_SIZE = 64
 
@@ -124,19 +124,26 @@ class ExtenderService:
     def pod_request(self, raw: bytes, snapshot: ClusterSnapshot) -> PodRequest:
         """What the pod asks of a node. Prioritize repeats its filter's pod byte for byte, and
         the replicas of one workload differ only outside `spec`, which alone decides requests:
-        both are cached, so quantities are parsed once per distinct spec."""
+        both are cached, so quantities are parsed once per distinct spec. A spec seen before
+        is not decoded again (its bytes are the key); the rest of the pod still is, so a pod
+        `decode_pod` would refuse is refused."""
         request = _cached(self._pods, raw)
         if request is not None:
             return request
-        pod = wire.decode_pod(raw)
-        spec = wire.encode(pod.spec)
-        request = _cached(self._specs, spec)
+        try:
+            spec: bytes | None = bytes(_pod_parts.decode(raw).spec)
+        except (msgspec.DecodeError, RecursionError):
+            spec = None  # `decode_pod` below says what is wrong.
+        request = _cached(self._specs, spec) if spec else None
         if request is None:
+            pod = wire.decode_pod(raw)
             try:
                 info = pod_info(pod, snapshot.epc_resources)
             except ObjectError as exc:
                 raise wire.BadRequest(f"Pod: {exc}") from None
-            request = _remember(self._specs, spec, PodRequest.of(info))
+            request = PodRequest.of(info)
+            if spec:
+                _remember(self._specs, spec, request)
         return _remember(self._pods, raw, request)
 
     def _parse(
@@ -443,6 +450,16 @@ def _meta_victims(uids: list[str], pdb_violations: int) -> dict[str, object]:
     return {"Pods": [{"UID": uid} for uid in uids], "NumPDBViolations": pdb_violations}
 
 
+class _PodParts(msgspec.Struct):
+    """A Pod with its spec kept raw (empty when absent); metadata and status typed as in
+    `objects.Pod`, so that the same pods fail to decode."""
+
+    metadata: ObjectMeta | None = None
+    spec: msgspec.Raw = msgspec.Raw()
+    status: PodStatus | None = None
+
+
+_pod_parts = msgspec.json.Decoder(_PodParts)
 _NAMES = msgspec.json.Decoder(list[str] | None)
 
 

@@ -2,11 +2,13 @@
 
 Protects issue 10's latency measures: the extender folds a watch event into its fit views and
 score tables right after the event (`ExtenderService.refresh`, wired to the informers' change
-listeners), and answers a prioritize ahead of its request once its filter passed every node
-(`prioritize_ahead`). Either may only move work; a reply computed ahead is used only for the
-very body it answers with nothing changed since. Expected replies are worked out by hand
-(binpack: a node's raw score is its EPC share used once the pod is placed; the lowest candidate
-scores 0 and is left out, the highest 10, the rest `floor(10 * (raw - low) / (high - low) + 0.5)`).
+listeners; one node rescored in Python floats by the core's `raw_score_at`), and answers a
+prioritize ahead of its request once its filter passed every node (`prioritize_ahead`, the few
+candidates above the lowest spread by `normalise_above`). Either may only move work; a reply
+computed ahead is used only for the very body it answers with nothing changed since. Expected
+replies are worked out by hand (binpack: a node's raw score is its EPC share used once the pod
+is placed; the lowest candidate scores 0 and is left out, the highest 10, the rest
+`floor(10 * (raw - low) / (high - low) + 0.5)`).
 """
 
 from __future__ import annotations
@@ -21,15 +23,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from epcsched.config import Config
-from epcsched.core.score import normalise, normalise_above
+from epcsched.core.fit import PodRequest
+from epcsched.core.score import normalise, normalise_above, raw_score_at, raw_scores
 from epcsched.extender.service import ExtenderService
 from epcsched.kube.informer import InformerSettings, InformerState
 from epcsched.objects import Pod, pod_info
-from epcsched.quantity import DEFAULT_EPC_RESOURCES
+from epcsched.quantity import DEFAULT_EPC_RESOURCES, MIB
 from epcsched.testing.apiserver import FakeApiServer
 from epcsched.testing.store import BY_KIND
 from tests import kube_helpers
-from tests.helpers import node, pod, snapshot_of
+from tests.helpers import EPC, node, pod, snapshot_of
 
 FAST = InformerSettings(backoff_initial=0.01, backoff_max=0.1, watch_timeout=(1, 2), page_size=50)
 
@@ -226,3 +229,36 @@ async def test_informer_change_listeners_run_after_the_snapshot_has_changed(
             assert seen[2:] == [(1, True)]
         finally:
             await state.stop()
+
+
+def test_raw_score_at_by_hand() -> None:
+    # c: 1Gi holding 512Mi; a 16Mi pod: (512 + 16) / 1024 = 0.515625, exact in binary.
+    snap, _ = three_nodes()
+    request = PodRequest(epc={EPC: 16 * MIB})
+    slot = snap.slots["c"]  # type: ignore[attr-defined]
+    assert raw_score_at(snap, request, slot, "binpack") == 0.515625  # type: ignore[arg-type]
+    assert raw_score_at(snap, request, slot, "spread") == 1 - 0.515625  # type: ignore[arg-type]
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=64), min_size=1, max_size=6),
+    st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=6),
+    st.integers(min_value=1, max_value=40),
+    st.sampled_from(["binpack", "spread", "balanced"]),
+)
+def test_raw_score_at_is_raw_scores_at_that_slot(
+    sizes: list[int], used: list[int], need: int, strategy: str
+) -> None:
+    # Nodes of `sizes` MiB (0: advertises none) holding `used` MiB where it fits: every slot's
+    # one-slot score must be the vector's, to the bit.
+    items: list[dict[str, object]] = []
+    for i, size in enumerate(sizes):
+        items.append(node(f"n{i}", f"{size}Mi" if size else None))
+        if size and i < len(used) and used[i] <= size:
+            items.append(pod(f"p{i}", f"{used[i]}Mi", node_name=f"n{i}"))
+    snap = snapshot_of(*items)
+    request = PodRequest(epc={EPC: need * MIB}, cpu_milli=250, memory=64 * MIB)
+    slots = np.arange(len(sizes), dtype=np.int64)
+    vector = raw_scores(snap, request, slots, strategy)
+    for slot in range(len(sizes)):
+        assert raw_score_at(snap, request, slot, strategy) == vector[slot]

@@ -62,6 +62,22 @@ def raw_scores(
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
 
 
+def raw_score_at(snapshot: ClusterSnapshot, request: PodRequest, slot: int, strategy: str) -> float:
+    """`raw_scores` of an EPC pod at one slot, for binpack and spread, in Python floats: the
+    same float64 operations on the same numbers (Python floats are IEEE doubles), without
+    numpy's cost per call, for the one node an event changed."""
+    if strategy not in ("binpack", "spread"):
+        return float(raw_scores(snapshot, request, np.array([slot], dtype=np.int64), strategy)[0])
+    total = 0.0
+    for name, need in request.epc.items():
+        used, allocatable = snapshot.used_and_allocatable(name)
+        denominator = float(allocatable[slot])
+        if denominator > 0:
+            total += (float(used[slot]) + need) / denominator
+    after = total / max(len(request.epc), 1)
+    return after if strategy == "binpack" else 1.0 - after
+
+
 def normalise(raw: FloatArray, eligible: npt.NDArray[np.bool_]) -> IntArray:
     """Map eligible raw scores onto 0..10 (best 10, worst 0); ineligible ones score 0."""
     scores = np.zeros(raw.shape[0], dtype=np.int64)

@@ -3,14 +3,14 @@
 kube-scheduler asks to prioritize the same few kinds of pod (the replicas of a workload) over
 the same nodes, one pod at a time, with one node changed in between (the last bind). A node's
 raw score depends only on that node and the pod's requests, so it is computed for every slot
-once per kind of pod, and afterwards only for the slots the snapshot reports changed (one call
-of the core's `raw_scores` for those few slots). Whether the pod fits every candidate is the
-core's `fits_everywhere` over the snapshot's own fit view, which the snapshot keeps current;
-when one does not fit, the caller scores the general way. A request then gathers its
-candidates' raw scores, and only the candidates above the lowest need spreading onto 0..10:
-with binpack on a live cluster, the handful of partly filled nodes. The spreading is the
-core's own `normalise`, given the lowest and the highest raw score, so every score is the one
-the core computes over all candidates.
+once per kind of pod, and afterwards only for the slots the snapshot reports changed (the
+core's `raw_score_at` for each of a few slots, its `raw_scores` for more). Whether the pod fits
+every candidate is the core's `fits_everywhere` over the snapshot's own fit view, which the
+snapshot keeps current; when one does not fit, the caller scores the general way. A request
+then gathers its candidates' raw scores, and only the candidates above the lowest need
+spreading onto 0..10: with binpack on a live cluster, the handful of partly filled nodes. The
+spreading is the core's own `normalise` (`normalise_above` for a handful), given the lowest and
+the highest raw score, so every score is the one the core computes over all candidates.
 
 `refresh` brings every table up to date at once: the extender calls it after a watch event,
 between requests, so that a bind is folded into the tables while kube-scheduler is busy
@@ -25,12 +25,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from epcsched.core.fit import PodRequest, fits_everywhere
-from epcsched.core.score import normalise, normalise_above, raw_and_eligible, raw_scores
+from epcsched.core.score import (
+    normalise,
+    normalise_above,
+    raw_and_eligible,
+    raw_score_at,
+    raw_scores,
+)
 from epcsched.core.snapshot import ClusterSnapshot, FloatArray, IntArray
 
 _TABLES = 8
 _FEW = 16
 """Up to this many candidates above the lowest are spread in Python, not numpy."""
+_FEW_CHANGED = 8
+"""Up to this many changed slots are rescored one by one in Python floats."""
 
 _Key = tuple[tuple[tuple[str, int], ...], int, int]
 
@@ -61,7 +69,12 @@ class ScoreTables:
             self._tables.move_to_end(key)
             changed = snapshot.changed_since(table.mark)
             if changed is not None:
-                if changed.shape[0]:
+                count = changed.shape[0]
+                if 0 < count <= _FEW_CHANGED and request.wants_epc:
+                    raw = table.raw
+                    for slot in changed.tolist():
+                        raw[slot] = raw_score_at(snapshot, request, slot, self.strategy)
+                elif count:
                     table.raw[changed] = self._raw(snapshot, request, changed)
                 table.mark = snapshot.mark()
                 return table

@@ -65,7 +65,12 @@ TARGETS = (
     Target("epcsched/core/requests.py", ("tests/test_requests.py", "tests/test_request_edges.py")),
     Target(
         "epcsched/core/score.py",
-        ("tests/test_fit_score.py", "tests/test_score_edges.py", "tests/test_extender_http.py"),
+        (
+            "tests/test_fit_score.py",
+            "tests/test_score_edges.py",
+            "tests/test_extender_http.py",
+            "tests/test_extender_ahead.py",
+        ),
     ),
     Target(
         "epcsched/core/fit.py",
@@ -173,6 +178,8 @@ TARGETS = (
             "tests/test_extender_names.py",
             "tests/test_extender_kube_scheduler.py",
             "tests/test_extender_cache_edges.py",
+            "tests/test_extender_repeat_caches.py",
+            "tests/test_extender_ahead.py",
             "tests/test_wire.py",
         ),
     ),

@@ -136,6 +136,20 @@ def test_nothing_is_computed_ahead_when_a_node_failed_or_only_one_passed() -> No
     assert service._ahead is None
 
 
+def test_a_filter_that_failed_nodes_does_not_stop_answering_ahead() -> None:
+    _, service = three_nodes()
+    request = body("a", "b", "c")
+    service.filter(request)
+    service.prioritize(request)
+    # 600Mi fails c; kube-scheduler prioritizes the other two with a body of its own, which
+    # says nothing about whether prioritize repeats a filter's body.
+    service.filter(body("a", "b", "c", epc="600Mi", name="big"))
+    service.prioritize(body("a", "b", epc="600Mi", name="big"))
+    service.filter(body("a", "b", "c", name="next"))
+    service.prioritize_ahead()
+    assert service._ahead is not None
+
+
 def test_refresh_changes_no_reply() -> None:
     # The same binds into two copies of one cluster, one service refreshed after each bind:
     # every reply must be the same byte for byte.

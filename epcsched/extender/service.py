@@ -267,6 +267,7 @@ class ExtenderService:
     def filter_and_failures(self, body: bytes) -> tuple[bytes, FilterFailures | None]:
         """The filter reply, and the nodes it failed (None when it failed none)."""
         snapshot = self._snapshot()
+        self._passed = None
         args, slots, request = self._parse(body, snapshot)
         if slots is None:
             assert args.nodes_raw is not None
@@ -279,9 +280,9 @@ class ExtenderService:
         if fits_everywhere(snapshot, request, slots):
             self._fits = (snapshot.version, slots, request)
             # kube-scheduler scores only when more than one node passes.
-            self._passed = body if slots.shape[0] > 1 else None
+            if slots.shape[0] > 1:
+                self._passed = body
             return wire.filter_reply_names(raw_names, {}, {}), None
-        self._passed = None
         masks = fit_masks(snapshot, request, slots)
 
         def names_at(positions: IntArray) -> list[str]:
@@ -341,11 +342,12 @@ class ExtenderService:
         if ahead is not None and ahead[0] == snapshot.version and ahead[1] == body:
             return ahead[2]
         # Whether prioritize repeats its filter's body is learned from traffic: speculating
-        # when none follows would be work for nothing. A hint only, so the length will do:
-        # `_parse` compares the bytes themselves.
-        self._follows = (passed is not None and len(passed) == len(body)) or (
-            ahead is not None and len(ahead[1]) == len(body)
-        )
+        # when none follows would be work for nothing. A hint only, so the length will do
+        # (`_parse` compares the bytes themselves); after a filter that failed nodes, whose
+        # prioritize lists only the rest, there is nothing to learn from.
+        last = passed if passed is not None else ahead[1] if ahead is not None else None
+        if last is not None:
+            self._follows = len(last) == len(body)
         return self._prioritize(snapshot, body)
 
     def _prioritize(self, snapshot: ClusterSnapshot, body: bytes) -> bytes:

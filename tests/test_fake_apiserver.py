@@ -387,12 +387,13 @@ async def test_strategic_merge_and_json_patch(cluster: Cluster) -> None:
     base = node("n1")
     base["spec"] = {"taints": [{"key": "sgx", "value": "true", "effect": "NoSchedule"}]}
     await core.create_node(base)
-    # Strategic merge merges taints by key; a JSON patch (list body) edits by path.
+    # Taints have no patch strategy in the Node type (a list replaced whole, as `kubectl
+    # taint` expects); a JSON patch (list body) edits by path.
     merged = await core.patch_node(
         "n1",
         {"spec": {"unschedulable": True, "taints": [{"key": "drain", "effect": "NoSchedule"}]}},
     )
-    assert [t.key for t in merged.spec.taints] == ["sgx", "drain"]
+    assert [t.key for t in merged.spec.taints] == ["drain"]
     assert merged.spec.unschedulable is True
     replaced = await core.patch_node(
         "n1", [{"op": "replace", "path": "/spec/unschedulable", "value": False}]
@@ -401,10 +402,16 @@ async def test_strategic_merge_and_json_patch(cluster: Cluster) -> None:
     with pytest.raises(ApiException) as exc:
         await core.patch_node("n1", [{"op": "remove", "path": "/spec/nothing"}])
     assert exc.value.status == 422
-    removed = await core.patch_node(
-        "n1", {"spec": {"taints": [{"key": "drain", "$patch": "delete"}]}}
+    # Conditions merge by type: one added beside the others, one removed by its key.
+    ready = {"type": "Ready", "status": "True"}
+    pressure = {"type": "MemoryPressure", "status": "False"}
+    await core.patch_node_status("n1", {"status": {"conditions": [ready]}})
+    both = await core.patch_node_status("n1", {"status": {"conditions": [pressure]}})
+    assert [c.type for c in both.status.conditions] == ["Ready", "MemoryPressure"]
+    removed = await core.patch_node_status(
+        "n1", {"status": {"conditions": [{"type": "Ready", "$patch": "delete"}]}}
     )
-    assert [t.key for t in removed.spec.taints] == ["sgx"]
+    assert [c.type for c in removed.status.conditions] == ["MemoryPressure"]
 
 
 async def test_injected_faults(cluster: Cluster) -> None:

@@ -27,13 +27,12 @@ MERGE_KEYS: dict[str, str] = {
     "volumeMounts": "mountPath",
     "ports": "containerPort",
     "conditions": "type",
-    "taints": "key",
-    "tolerations": "key",
     "ownerReferences": "uid",
     "addresses": "type",
-    "containerStatuses": "name",
-    "initContainerStatuses": "name",
 }
+"""Node taints, pod tolerations and container statuses have no patch strategy in the API
+types (`+listType=atomic`): a strategic merge patch replaces them whole, which is why
+`kubectl taint` sends the node's full list."""
 
 
 class PatchError(ValueError):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import msgspec
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -32,7 +33,7 @@ from epcsched.quantity import DEFAULT_EPC_RESOURCES, MIB
 from epcsched.testing.apiserver import FakeApiServer
 from epcsched.testing.store import BY_KIND
 from tests import kube_helpers
-from tests.helpers import EPC, node, pod, snapshot_of
+from tests.helpers import EPC, LEGACY, node, pod, snapshot_of
 
 FAST = InformerSettings(backoff_initial=0.01, backoff_max=0.1, watch_timeout=(1, 2), page_size=50)
 
@@ -252,6 +253,33 @@ def test_raw_score_at_by_hand() -> None:
     slot = snap.slots["c"]  # type: ignore[attr-defined]
     assert raw_score_at(snap, request, slot, "binpack") == 0.515625  # type: ignore[arg-type]
     assert raw_score_at(snap, request, slot, "spread") == 1 - 0.515625  # type: ignore[arg-type]
+
+
+def test_raw_score_at_averages_two_epc_names() -> None:
+    # d advertises 1Gi of EPC and 512 MiB of the legacy name, holding 256Mi and 128 MiB; a pod
+    # asking 16Mi of each: (256 + 16) / 1024 = 0.265625 and (128 + 16) / 512 = 0.28125,
+    # averaged: 0.2734375 (all exact in binary).
+    item = node("d", "1Gi")
+    item["status"]["allocatable"][LEGACY] = "512"
+    held = pod("x", "256Mi", node_name="d")
+    held["spec"]["containers"][0]["resources"]["requests"][LEGACY] = "128"
+    snap = snapshot_of(item, held)
+    request = PodRequest(epc={EPC: 16 * MIB, LEGACY: 16 * MIB})
+    slot = snap.slots["d"]
+    assert raw_score_at(snap, request, slot, "binpack") == 0.2734375
+    assert raw_score_at(snap, request, slot, "spread") == 1 - 0.2734375
+    vector = raw_scores(snap, request, np.array([slot]), "binpack")
+    assert vector.tolist() == [0.2734375]
+
+
+def test_raw_score_at_on_a_one_byte_node() -> None:
+    # 1 byte allocatable, a 1-byte pod: (0 + 1) / 1 = 1.0; a node advertising none: 0.0.
+    snap = snapshot_of(node("t", "1"), node("none"))
+    request = PodRequest(epc={EPC: 1})
+    assert raw_score_at(snap, request, snap.slots["t"], "binpack") == 1.0
+    assert raw_score_at(snap, request, snap.slots["none"], "binpack") == 0.0
+    with pytest.raises(ValueError, match="unknown strategy 'pack'"):
+        raw_score_at(snap, request, snap.slots["t"], "pack")
 
 
 @given(

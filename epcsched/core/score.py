@@ -66,8 +66,8 @@ def raw_score_at(snapshot: ClusterSnapshot, request: PodRequest, slot: int, stra
     """`raw_scores` of an EPC pod at one slot, for binpack and spread, in Python floats: the
     same float64 operations on the same numbers (Python floats are IEEE doubles), without
     numpy's cost per call, for the one node an event changed."""
-    if strategy not in ("binpack", "spread"):
-        return float(raw_scores(snapshot, request, np.array([slot], dtype=np.int64), strategy)[0])
+    if strategy == "balanced":
+        return float(raw_scores(snapshot, request, np.array([slot]), strategy)[0])
     total = 0.0
     for name, need in request.epc.items():
         used, allocatable = snapshot.used_and_allocatable(name)
@@ -75,7 +75,11 @@ def raw_score_at(snapshot: ClusterSnapshot, request: PodRequest, slot: int, stra
         if denominator > 0:
             total += (float(used[slot]) + need) / denominator
     after = total / max(len(request.epc), 1)
-    return after if strategy == "binpack" else 1.0 - after
+    if strategy == "binpack":
+        return after
+    if strategy == "spread":
+        return 1.0 - after
+    raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
 
 
 def normalise(raw: FloatArray, eligible: npt.NDArray[np.bool_]) -> IntArray:

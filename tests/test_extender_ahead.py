@@ -78,6 +78,63 @@ def test_a_reply_computed_ahead_is_the_reply() -> None:
     assert scores(service.prioritize(second)) == {"b": 5, "c": 10}
 
 
+def test_the_reply_computed_ahead_is_the_one_sent() -> None:
+    _, service = three_nodes()
+    first = body("a", "b", "c")
+    service.filter(first)
+    service.prioritize(first)
+    second = body("a", "b", "c", name="q")
+    service.filter(second)
+    service.prioritize_ahead()
+    assert service._ahead is not None
+    ready = service._ahead[2]
+    # The very bytes computed ahead go out: nothing is scored again while kube-scheduler waits.
+    assert service.prioritize(second) is ready
+
+
+def test_two_nodes_passing_are_prioritized_ahead() -> None:
+    # kube-scheduler prioritizes whenever more than one node passes: exactly two is enough.
+    _, service = three_nodes()
+    pair = body("a", "b")
+    service.filter(pair)
+    service.prioritize(pair)
+    service.filter(body("b", "a", name="q"))
+    service.prioritize_ahead()
+    assert service._ahead is not None
+
+
+def test_a_reply_missed_for_a_change_does_not_stop_answering_ahead() -> None:
+    snap, service = three_nodes()
+    first = body("a", "b", "c")
+    service.filter(first)
+    service.prioritize(first)
+    second = body("a", "b", "c", name="q")
+    service.filter(second)
+    service.prioritize_ahead()
+    snap.upsert_pod(bound("z", "64Mi", "a"))  # type: ignore[attr-defined]
+    # Computed again for the change; prioritize still repeated its filter's body, so the
+    # next pod's is answered ahead as well.
+    service.prioritize(second)
+    service.filter(body("a", "b", "c", name="r"))
+    service.prioritize_ahead()
+    assert service._ahead is not None
+
+
+def test_a_prioritize_of_another_body_stops_answering_ahead() -> None:
+    _, service = three_nodes()
+    first = body("a", "b", "c")
+    service.filter(first)
+    service.prioritize(first)
+    service.filter(first)
+    service.prioritize_ahead()
+    # Another scheduler's prioritize (another list) arrives instead: prioritize no longer
+    # repeats its filter's body, and the next filter is not answered ahead.
+    service.prioritize(body("a", "b"))
+    service.filter(body("a", "b", "c", name="r"))
+    service.prioritize_ahead()
+    assert service._ahead is None
+
+
 def test_a_bind_after_the_reply_was_computed_ahead_is_seen() -> None:
     snap, service = three_nodes()
     first = body("a", "b", "c")

@@ -242,6 +242,31 @@ async def test_pressure_off_leaves_usage_only(history_prometheus: PrometheusServ
 
 
 @pytest.mark.timeout(30)
+async def test_change_listeners_run_once_per_poll_after_it_applied(
+    history_prometheus: PrometheusServer,
+) -> None:
+    """The extender rebuilds its per-node figures when a poll replaced measured use."""
+    snapshot = cluster(*NODES)
+    clock = Clock(T0)
+    telemetry = Telemetry(
+        PrometheusSettings(url=history_prometheus.url, stale_after=30),
+        PressureSettings(),
+        lambda: snapshot,
+        CollectorRegistry(),
+        clock=clock,
+    )
+    seen: list[dict[str, int]] = []
+    telemetry.change_listeners.append(lambda: seen.append(usage(snapshot)))
+    await telemetry.poll()
+    # Called once, with the poll's figures already in the snapshot.
+    assert seen == [{"n1": 40 * MiB, "n2": 90 * MiB, "n3": -1, "n4": -1}]
+    # Two hours later every sample is stale: the figures are withdrawn, and listeners told.
+    clock.now = T0 + 7200
+    await telemetry.poll()
+    assert seen[1:] == [{"n1": -1, "n2": -1, "n3": -1, "n4": -1}]
+
+
+@pytest.mark.timeout(30)
 async def test_custom_queries_and_node_label(history_prometheus: PrometheusServer) -> None:
     """The PromQL and the node label are configuration, for metrics named differently."""
     snapshot = cluster("host-n1", "host-n2")

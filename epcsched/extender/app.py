@@ -189,9 +189,10 @@ def _prioritize_ahead(service: ExtenderService) -> None:
         log.exception("answering prioritize ahead of its request failed")
 
 
-def refresh_on_change(state: ClusterState, service: ExtenderService) -> None:
+def refresh_on_change(state: ClusterState, service: ExtenderService) -> Callable[[], None]:
     """After each change of the cluster state, bring `service`'s per-node figures up to date
-    once the event loop is free (several changes in one pass of the loop, one refresh)."""
+    once the event loop is free (several changes in one pass of the loop, one refresh).
+    Returns the listener, for other owners of the snapshot (telemetry) to call too."""
     pending = False
 
     def run() -> None:
@@ -210,6 +211,7 @@ def refresh_on_change(state: ClusterState, service: ExtenderService) -> None:
             asyncio.get_running_loop().call_soon(run)
 
     state.change_listeners.append(changed)
+    return changed
 
 
 def add_verb(app: web.Application, verb: str, handler: Handler) -> None:
@@ -324,7 +326,7 @@ def create_app(
         strategy=settings.strategy,
         prefer_non_sgx=settings.prefer_non_sgx,
     )
-    refresh_on_change(state, app[SERVICE])
+    changed = refresh_on_change(state, app[SERVICE])
     app[METRICS] = ExtenderMetrics(registry or CollectorRegistry(), lambda: state.snapshot)
     prefix = settings.prefix.strip("/")
     app[PREFIX] = f"/{prefix}" if prefix else ""
@@ -350,6 +352,9 @@ def create_app(
             config.prometheus, config.pressure, lambda: state.snapshot, app[METRICS].registry
         )
     if telemetry is not None:
+        # A poll replaces every node's measured use: the figures are rebuilt then, not by the
+        # next request.
+        telemetry.change_listeners.append(changed)
         app[TELEMETRY] = telemetry
         app.cleanup_ctx.append(_run_telemetry)
     return app

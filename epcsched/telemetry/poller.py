@@ -80,6 +80,9 @@ class Telemetry:
         self._pressured: set[str] = set()
         self._seen: dict[str, float] = {}
         """Each node's newest sample time as of the last poll (see `evaluate`)."""
+        self.change_listeners: list[Callable[[], None]] = []
+        """Called on the event loop after a poll changed the snapshot (figures applied or
+        withdrawn): every node's measured use is replaced at once."""
 
         self._stale_gauge = Gauge(
             "epcsched_telemetry_stale",
@@ -212,6 +215,7 @@ class Telemetry:
         for node, reason in readings.pressure.items():
             snapshot.set_pressure(node, reason)
         self._pressured = set(readings.pressure)
+        self._changed()
         self._readings = readings
         self._last_success = now
         self._error = None
@@ -236,6 +240,11 @@ class Telemetry:
             snapshot.set_pressure(node, None)
         self._pressured = set()
         self._pressure_gauge.set(0)
+        self._changed()
+
+    def _changed(self) -> None:
+        for listener in self.change_listeners:
+            listener()
 
     def _degrade(self, error: str, *, outcome: str) -> None:
         self._withdraw()

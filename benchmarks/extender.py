@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -37,28 +35,10 @@ from cluster import EPC, POD_EPC_MIB, build, pod
 from epcsched.config import Config
 from epcsched.extender.service import ExtenderService
 from epcsched.kube.snapshot import load_snapshot
+from epcsched.netutil import free_port
+from epcsched.testing.processes import command, cpu_seconds, wait_ready
 
 HERE = Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("server did not become ready")
 
 
 def bodies(snapshot_path: Path, workdir: Path, count: int = 4) -> list[Path]:
@@ -100,12 +80,6 @@ def load(url: str, paths: list[Path], seconds: float, concurrency: int) -> dict[
     return result
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def start_extender(snapshot_path: Path, port: int, package: Path | None) -> subprocess.Popen[bytes]:
     """`epcsched extender` on the snapshot; with `package`, the epcsched under that directory
     (`python -m` puts the working directory first on sys.path)."""
@@ -113,21 +87,13 @@ def start_extender(snapshot_path: Path, port: int, package: Path | None) -> subp
     if package is not None:
         env["PYTHONPATH"] = str(package)
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "epcsched",
-            "extender",
-            "--snapshot",
-            str(snapshot_path),
-            "--port",
-            str(port),
-            "--log-level",
-            "WARNING",
-        ],
+        command(
+            "extender", "--snapshot", str(snapshot_path), "--port", str(port),
+            "--log-level", "WARNING",
+        ),
         env=env,
         cwd=package,
-    )
+    )  # fmt: skip
 
 
 def drive(port: int, pid: int, verb: str, paths: list[Path], seconds: float) -> dict[str, Any]:
@@ -250,10 +216,10 @@ def main() -> int:
             old = start_extender(snapshot_path, old_port, args.before.resolve())
             procs.append(old)
         try:
-            wait_ready(ext_port, extender)
-            wait_ready(bare_port, bare)
+            wait_ready(ext_port, extender, timeout=120)
+            wait_ready(bare_port, bare, timeout=120)
             if old is not None:
-                wait_ready(old_port, old)
+                wait_ready(old_port, old, timeout=120)
             result: dict[str, Any] = {
                 "nodes": args.nodes,
                 "pods": args.pods,

@@ -20,13 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +38,8 @@ from epcsched.config import Config
 from epcsched.extender.decisions import log_failures
 from epcsched.extender.service import ExtenderService
 from epcsched.kube.snapshot import load_snapshot
+from epcsched.netutil import free_port
+from epcsched.testing.processes import command, cpu_seconds, wait_ready
 
 HERE = Path(__file__).resolve().parent
 
@@ -103,45 +103,17 @@ def in_process(snapshot_path: Path, bodies: dict[str, Path], repeat: int) -> dic
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def start(snapshot_path: Path, level: str, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "epcsched",
-            "extender",
-            "--snapshot",
-            str(snapshot_path),
-            "--port",
-            str(port),
-            "--log-level",
-            level,
-        ],
+        command(
+            "extender", "--snapshot", str(snapshot_path), "--port", str(port),
+            "--log-level", level,
+        ),
         stderr=log_path.open("wb"),
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"extender exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return proc, port
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("extender did not become ready")
+    )  # fmt: skip
+    wait_ready(port, proc, timeout=180)
+    return proc, port
 
 
 def serial(port: int, pid: int, body: Path, seconds: float) -> dict[str, float]:

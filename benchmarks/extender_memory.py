@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -33,21 +31,10 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cluster import build, node, pod
 
+from epcsched.netutil import free_port
+from epcsched.testing.processes import command, peak_rss, wait_ready
+
 MB = 2**20
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def peak_rss(pid: int) -> int:
-    """The process's peak resident set in bytes (VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc status")
 
 
 def body_of(shape: str, size: int) -> bytes:
@@ -76,33 +63,14 @@ def measure(snapshot: Path, body: bytes, max_body: int, workdir: Path) -> dict[s
     config.write_text(f"extender:\n  maxBodyBytes: {max_body}\n")
     port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "epcsched",
-            "extender",
-            "--snapshot",
-            str(snapshot),
-            "--port",
-            str(port),
-            "--config",
-            str(config),
-            "--log-level",
-            "WARNING",
-        ],
+        command(
+            "extender", "--snapshot", str(snapshot), "--port", str(port),
+            "--config", str(config), "--log-level", "WARNING",
+        ),
         stderr=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("extender did not start") from None
-                time.sleep(0.2)
+        wait_ready(port, proc, timeout=120)
         before = peak_rss(proc.pid)
         request = urllib.request.Request(f"http://127.0.0.1:{port}/filter", data=body)
         try:

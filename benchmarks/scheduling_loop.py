@@ -54,7 +54,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +70,7 @@ from epcsched.extender.service import ExtenderService
 from epcsched.model import NodeInfo, PodInfo
 from epcsched.netutil import free_port
 from epcsched.testing.apiserver import kubeconfig
+from epcsched.testing.processes import command, cpu_seconds, wait_ready
 
 HERE = Path(__file__).resolve()
 NAMESPACE = "enclaves"
@@ -338,28 +338,6 @@ def start(args: list[str], *, pythonpath: Path | None = None) -> subprocess.Pope
     )
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_ready(port: int, proc: subprocess.Popen[bytes], path: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"process exited with {proc.returncode}: {err[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"nothing ready on port {port} within {timeout}s")
-
-
 def serve(
     kind: str,
     profile: str,
@@ -378,18 +356,20 @@ def serve(
     api = start([str(HERE), "--role", "api", "--port", str(api_port), "--token", token,
                  "--load", str(load)])  # fmt: skip
     procs.append(api)
-    wait_ready(api_port, api, "/healthz")
+    wait_ready(api_port, api, path="/healthz", timeout=300)
     if kind in ("epcsched", "before"):
         path = workdir / f"kubeconfig-{api_port}"
         path.write_text(json.dumps(kubeconfig(f"http://127.0.0.1:{api_port}", token)))
         profiler = [] if profile_to is None else ["-m", "cProfile", "-o", str(profile_to)]
-        extender = start([*profiler, "-m", "epcsched", "extender", "--kubeconfig", str(path),
-                          "--port", str(ext_port), "--log-level", "WARNING"],
-                         pythonpath=before if kind == "before" else None)  # fmt: skip
+        # `start` puts the interpreter (and the profiler) in front of `-m epcsched ...`.
+        _, *program = command(
+            "extender", "--kubeconfig", str(path), "--port", str(ext_port), "--log-level", "WARNING"
+        )
+        extender = start([*profiler, *program], pythonpath=before if kind == "before" else None)
     else:
         extender = start([str(HERE), "--role", "noop", "--port", str(ext_port)])
     procs.append(extender)
-    wait_ready(ext_port, extender, "/readyz")
+    wait_ready(ext_port, extender, timeout=300)
     auth = {"Authorization": f"Bearer {token}"}
     prioritize = profile == "extender"
     run = Run(kind, prioritize, Connection(ext_port), Connection(api_port, auth), scheduler)

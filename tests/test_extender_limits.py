@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +27,7 @@ from epcsched.extender.app import create_app
 from epcsched.netutil import free_port
 from epcsched.quantity import parse_int
 from epcsched.state import SnapshotState
+from epcsched.testing.processes import command, peak_rss, wait_ready
 from tests.helpers import cluster, node, pod, snapshot_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,13 +75,6 @@ async def test_refusals_are_json(aiohttp_client: Any) -> None:
     assert reply.status == 200 and (await reply.json())["NodeNames"] == ["a"]
 
 
-def peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
-
-
 def post(port: int, body: bytes) -> tuple[int, bytes]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/filter", data=body)
     try:
@@ -112,29 +105,13 @@ def test_worst_accepted_body_stays_within_the_memory_limit(tmp_path: Path) -> No
     snapshot.write_text(json.dumps(cluster(*items)))
     port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "epcsched",
-            "extender",
-            "--snapshot",
-            str(snapshot),
-            "--port",
-            str(port),
-            # At the default level, INFO: the decision log then reads the reply as well.
-        ],
+        # At the default level, INFO: the decision log then reads the reply as well.
+        command("extender", "--snapshot", str(snapshot), "--port", str(port)),
         stderr=(tmp_path / "extender.log").open("wb"),
         cwd=ROOT,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.1)
+        wait_ready(port, proc, timeout=60)
         baseline = peak_rss(proc.pid)
 
         status, reply = post(port, names_body(accepted + 12))

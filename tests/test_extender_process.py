@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,8 +20,10 @@ import pytest
 import yaml
 
 from epcsched.netutil import free_port
+from epcsched.testing.processes import command, wait_ready
 from tests.helpers import LEGACY, cluster, node, pod
 
+ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "kube-scheduler-1.35"
 
 
@@ -49,34 +50,16 @@ def extender(tmp_path: Path) -> Iterator[int]:
     (tmp_path / "pods.yaml").write_text(yaml.safe_dump(pods))
     port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "epcsched",
-            "extender",
-            "--snapshot",
-            str(tmp_path / "nodes.yaml"),
-            "--snapshot",
-            str(tmp_path / "pods.yaml"),
-            "--port",
-            str(port),
-            "--strategy",
-            "binpack",
-        ],
+        command(
+            "extender", "--snapshot", str(tmp_path / "nodes.yaml"),
+            "--snapshot", str(tmp_path / "pods.yaml"), "--port", str(port),
+            "--strategy", "binpack",
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-    )
+    )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if call(port, "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else b""
-            assert time.monotonic() < deadline, "extender did not become ready"
-            time.sleep(0.1)
+        wait_ready(port, proc, timeout=30)
         yield port
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -109,16 +92,7 @@ def test_replays_real_kube_scheduler_bodies(extender: int) -> None:
 def test_port_in_use_is_one_line_error(extender: int, tmp_path: Path) -> None:
     (tmp_path / "c.json").write_text(json.dumps(cluster(node("a", "1Gi"))))
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "epcsched",
-            "extender",
-            "--snapshot",
-            str(tmp_path / "c.json"),
-            "--port",
-            str(extender),
-        ],
+        command("extender", "--snapshot", str(tmp_path / "c.json"), "--port", str(extender)),
         capture_output=True,
         text=True,
         timeout=60,
@@ -126,3 +100,16 @@ def test_port_in_use_is_one_line_error(extender: int, tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{extender}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_waiting_for_a_process_that_exits_says_why() -> None:
+    # No --snapshot and no --kubeconfig: the command refuses at once with exit code 2, and the
+    # wait reports that code and the one-line error instead of waiting out its timeout.
+    port = free_port()
+    proc = subprocess.Popen(
+        command("extender", "--port", str(port)), stderr=subprocess.PIPE, cwd=ROOT
+    )
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"exited with 2: .*--snapshot or --kubeconfig"):
+        wait_ready(port, proc, timeout=60)
+    assert time.monotonic() - started < 30

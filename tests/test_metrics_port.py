@@ -15,7 +15,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ import pytest
 import yaml
 
 from epcsched.config import config_from_mapping
+from epcsched.testing.processes import command
 from tests.helpers import cluster, node, pod
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,21 +45,9 @@ def call(address: str, path: str, body: bytes | None = None) -> tuple[int, bytes
 def extender(tmp_path: Path) -> Iterator[dict[str, Any]]:
     snapshot = tmp_path / "cluster.json"
     snapshot.write_text(json.dumps(cluster(node("a", "1Gi"))))
+    argv = command("extender", "--snapshot", str(snapshot), "--port", "0")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "epcsched",
-            "extender",
-            "--snapshot",
-            str(snapshot),
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--log-format",
-            "json",
-        ],
+        [*argv, "--metrics-port", "0", "--log-format", "json"],
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,

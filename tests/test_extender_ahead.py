@@ -66,26 +66,35 @@ def scores(reply: bytes) -> dict[str, int]:
     return {entry["Host"]: entry["Score"] for entry in json.loads(reply)}
 
 
+def scheduled(service: ExtenderService, request: bytes) -> bytes:
+    """One pod as kube-scheduler's base profile sends it: filter, then prioritize of the same
+    body (which teaches the service that prioritize repeats its filter's)."""
+    service.filter(request)
+    return service.prioritize(request)
+
+
+def filtered_ahead(service: ExtenderService, request: bytes) -> bool:
+    """A filter followed by what the handler runs once its reply is sent; whether a prioritize
+    reply was computed ahead."""
+    service.filter(request)
+    service.prioritize_ahead()
+    return service._ahead is not None
+
+
 def test_a_reply_computed_ahead_is_the_reply() -> None:
     _, service = three_nodes()
-    first = body("a", "b", "c")
-    service.filter(first)
-    assert scores(service.prioritize(first)) == {"b": 5, "c": 10}
+    assert scores(scheduled(service, body("a", "b", "c"))) == {"b": 5, "c": 10}
     # The next pod of the same kind: its prioritize is answered ahead, then asked for.
     second = body("c", "a", "b", name="q")
-    service.filter(second)
-    service.prioritize_ahead()
+    assert filtered_ahead(service, second)
     assert scores(service.prioritize(second)) == {"b": 5, "c": 10}
 
 
 def test_the_reply_computed_ahead_is_the_one_sent() -> None:
     _, service = three_nodes()
-    first = body("a", "b", "c")
-    service.filter(first)
-    service.prioritize(first)
+    scheduled(service, body("a", "b", "c"))
     second = body("a", "b", "c", name="q")
-    service.filter(second)
-    service.prioritize_ahead()
+    assert filtered_ahead(service, second)
     assert service._ahead is not None
     ready = service._ahead[2]
     # The very bytes computed ahead go out: nothing is scored again while kube-scheduler waits.
@@ -95,54 +104,38 @@ def test_the_reply_computed_ahead_is_the_one_sent() -> None:
 def test_two_nodes_passing_are_prioritized_ahead() -> None:
     # kube-scheduler prioritizes whenever more than one node passes: exactly two is enough.
     _, service = three_nodes()
-    pair = body("a", "b")
-    service.filter(pair)
-    service.prioritize(pair)
-    service.filter(body("b", "a", name="q"))
-    service.prioritize_ahead()
-    assert service._ahead is not None
+    scheduled(service, body("a", "b"))
+    assert filtered_ahead(service, body("b", "a", name="q"))
 
 
 def test_a_reply_missed_for_a_change_does_not_stop_answering_ahead() -> None:
     snap, service = three_nodes()
-    first = body("a", "b", "c")
-    service.filter(first)
-    service.prioritize(first)
+    scheduled(service, body("a", "b", "c"))
     second = body("a", "b", "c", name="q")
-    service.filter(second)
-    service.prioritize_ahead()
+    assert filtered_ahead(service, second)
     snap.upsert_pod(bound("z", "64Mi", "a"))  # type: ignore[attr-defined]
     # Computed again for the change; prioritize still repeated its filter's body, so the
     # next pod's is answered ahead as well.
     service.prioritize(second)
-    service.filter(body("a", "b", "c", name="r"))
-    service.prioritize_ahead()
-    assert service._ahead is not None
+    assert filtered_ahead(service, body("a", "b", "c", name="r"))
 
 
 def test_a_prioritize_of_another_body_stops_answering_ahead() -> None:
     _, service = three_nodes()
     first = body("a", "b", "c")
-    service.filter(first)
-    service.prioritize(first)
-    service.filter(first)
-    service.prioritize_ahead()
+    scheduled(service, first)
+    assert filtered_ahead(service, first)
     # Another scheduler's prioritize (another list) arrives instead: prioritize no longer
     # repeats its filter's body, and the next filter is not answered ahead.
     service.prioritize(body("a", "b"))
-    service.filter(body("a", "b", "c", name="r"))
-    service.prioritize_ahead()
-    assert service._ahead is None
+    assert not filtered_ahead(service, body("a", "b", "c", name="r"))
 
 
 def test_a_bind_after_the_reply_was_computed_ahead_is_seen() -> None:
     snap, service = three_nodes()
-    first = body("a", "b", "c")
-    service.filter(first)
-    service.prioritize(first)
+    scheduled(service, body("a", "b", "c"))
     second = body("a", "b", "c", name="q")
-    service.filter(second)
-    service.prioritize_ahead()
+    assert filtered_ahead(service, second)
     # 256Mi more lands on b before the prioritize arrives: b now holds 512Mi, like c, and
     # both score 10 (raw 528/1024 each); were the reply computed ahead used, b would get 5.
     snap.upsert_pod(bound("z", "256Mi", "b"))  # type: ignore[attr-defined]
@@ -152,10 +145,8 @@ def test_a_bind_after_the_reply_was_computed_ahead_is_seen() -> None:
 def test_a_prioritize_of_another_list_is_answered_for_that_list() -> None:
     _, service = three_nodes()
     first = body("a", "b", "c")
-    service.filter(first)
-    service.prioritize(first)
-    service.filter(first)
-    service.prioritize_ahead()
+    scheduled(service, first)
+    assert filtered_ahead(service, first)
     # Over a and b only: low 16 (a), high 272 (b): b = 10, a left out.
     assert scores(service.prioritize(body("a", "b"))) == {"b": 10}
 
@@ -165,47 +156,34 @@ def test_nothing_is_computed_ahead_until_prioritize_follows_filter() -> None:
     request = body("a", "b", "c")
     # The high-throughput profile: filters only. Computing ahead would be work for nothing.
     for _ in range(3):
-        service.filter(request)
-        service.prioritize_ahead()
-        assert service._ahead is None
+        assert not filtered_ahead(service, request)
     # Once a prioritize repeats its filter's body, the next filter's is computed ahead.
     service.prioritize(request)
-    service.filter(request)
-    service.prioritize_ahead()
-    assert service._ahead is not None
+    assert filtered_ahead(service, request)
 
 
 def test_nothing_is_computed_ahead_when_a_node_failed_or_only_one_passed() -> None:
     _, service = three_nodes()
     request = body("a", "b", "c")
-    service.filter(request)
-    service.prioritize(request)
+    scheduled(service, request)
     # 600Mi fits a (1Gi free) and b (768Mi) but not c (512Mi): kube-scheduler then sends the
     # two that passed, a body of its own, so the filter's body is never asked about.
     big = body("a", "b", "c", epc="600Mi", name="big")
+    assert not filtered_ahead(service, big)
     assert json.loads(service.filter(big))["NodeNames"] == ["a", "b"]
-    service.prioritize_ahead()
-    assert service._ahead is None
     # One node passes: kube-scheduler does not prioritize at all.
-    service.filter(request)
-    service.prioritize(request)
-    service.filter(body("a", name="one"))
-    service.prioritize_ahead()
-    assert service._ahead is None
+    scheduled(service, request)
+    assert not filtered_ahead(service, body("a", name="one"))
 
 
 def test_a_filter_that_failed_nodes_does_not_stop_answering_ahead() -> None:
     _, service = three_nodes()
-    request = body("a", "b", "c")
-    service.filter(request)
-    service.prioritize(request)
+    scheduled(service, body("a", "b", "c"))
     # 600Mi fails c; kube-scheduler prioritizes the other two with a body of its own, which
     # says nothing about whether prioritize repeats a filter's body.
     service.filter(body("a", "b", "c", epc="600Mi", name="big"))
     service.prioritize(body("a", "b", epc="600Mi", name="big"))
-    service.filter(body("a", "b", "c", name="next"))
-    service.prioritize_ahead()
-    assert service._ahead is not None
+    assert filtered_ahead(service, body("a", "b", "c", name="next"))
 
 
 def test_refresh_changes_no_reply() -> None:

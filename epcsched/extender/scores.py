@@ -12,9 +12,9 @@ spreading onto 0..10: with binpack on a live cluster, the handful of partly fill
 spreading is the core's own `normalise` (`normalise_above` for a handful), given the lowest and
 the highest raw score, so every score is the one the core computes over all candidates.
 
-`refresh` brings every table up to date at once: the extender calls it after a watch event,
-between requests, so that a bind is folded into the tables while kube-scheduler is busy
-elsewhere, not while it waits for a prioritize reply.
+`refresh` brings the most recently used table up to date: the extender calls it after a watch
+event, between requests, so that a bind is folded in while kube-scheduler is busy elsewhere,
+not while it waits for a prioritize reply.
 """
 
 from __future__ import annotations
@@ -87,10 +87,12 @@ class ScoreTables:
         return table
 
     def refresh(self, snapshot: ClusterSnapshot) -> None:
-        """Bring every table up to date with `snapshot`, least recently used first, so that
-        their order of use is unchanged."""
-        for table in list(self._tables.values()):
-            self._table(snapshot, table.request)
+        """Bring the most recently used table up to date with `snapshot`: the next pod is most
+        likely another replica of the last one. The others catch up when next read, each for
+        the few slots changed meanwhile; updating them all on every event would multiply the
+        work by the kinds of pod in flight."""
+        if self._tables:
+            self._table(snapshot, next(reversed(self._tables.values())).request)
 
     def _raw(self, snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray) -> FloatArray:
         """The core's raw scores at `slots`; fit is not needed here (see `above_lowest`)."""

@@ -109,7 +109,7 @@ class ExtenderService:
 
     def refresh(self) -> None:
         """Fold the snapshot's latest changes into what the next request reads: each EPC
-        name's fit view and the raw-score tables of the kinds of pod asked about lately.
+        name's fit view and the raw-score table of the kind of pod asked about last.
 
         Called after the cluster changed (a watch event), between requests: kube-scheduler is
         then binding or filtering on its own, and the node a bind changed is updated then

@@ -221,6 +221,24 @@ def test_refresh_leaves_no_change_for_the_next_replica() -> None:
     assert older_changes is not None and older_changes.tolist() == [snap.slots["a"]]  # type: ignore[attr-defined]
 
 
+def test_refresh_rebuilds_every_table_after_a_change_in_bulk() -> None:
+    snap, service = three_nodes()
+    for mib in ("16Mi", "100Mi"):
+        scheduled(service, body("a", "b", "c", epc=mib, name=mib))
+    # A telemetry poll replaces every node's measured use at once: a reader of any table
+    # would have to rebuild it whole, so refresh does it for all of them now.
+    snap.clear_usage()  # type: ignore[attr-defined]
+    older, _ = service._scores._tables.values()
+    assert snap.changed_since(older.mark) is None  # type: ignore[attr-defined]
+    service.refresh()
+    tables = list(service._scores._tables.values())
+    for table in tables:
+        changes = snap.changed_since(table.mark)  # type: ignore[attr-defined]
+        assert changes is not None and changes.tolist() == []
+    # And the order of use is kept: the 100Mi kind is still the one asked about last.
+    assert [t.request.epc[EPC] for t in tables] == [16 * MIB, 100 * MIB]
+
+
 def test_normalise_above_by_hand() -> None:
     # low 0.25, values 0.5 and 0.75: span 0.5; 0.5 -> 10 * 0.5 + 0.5 = 5.5 -> 5; 0.75 -> 10.
     assert normalise_above([0.5, 0.75], 0.25) == [5, 10]

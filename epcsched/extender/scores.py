@@ -12,9 +12,10 @@ spreading onto 0..10: with binpack on a live cluster, the handful of partly fill
 spreading is the core's own `normalise` (`normalise_above` for a handful), given the lowest and
 the highest raw score, so every score is the one the core computes over all candidates.
 
-`refresh` brings the most recently used table up to date: the extender calls it after a watch
-event, between requests, so that a bind is folded in while kube-scheduler is busy elsewhere,
-not while it waits for a prioritize reply.
+`refresh` brings the most recently used table up to date, and rebuilds any other that a change
+in bulk made stale: the extender calls it after watch events and telemetry polls, between
+requests, so that a change is folded in while kube-scheduler is busy elsewhere, not while it
+waits for a prioritize reply.
 """
 
 from __future__ import annotations
@@ -87,12 +88,18 @@ class ScoreTables:
         return table
 
     def refresh(self, snapshot: ClusterSnapshot) -> None:
-        """Bring the most recently used table up to date with `snapshot`: the next pod is most
-        likely another replica of the last one. The others catch up when next read, each for
-        the few slots changed meanwhile; updating them all on every event would multiply the
-        work by the kinds of pod in flight."""
-        if self._tables:
-            self._table(snapshot, next(reversed(self._tables.values())).request)
+        """Bring the most recently used table up to date with `snapshot` (the next pod is most
+        likely another replica of the last one), and rebuild any other that a change in bulk
+        (a telemetry poll, a node added or removed) has made stale as a whole. The others catch
+        up when next read, each for the few slots a bind changed meanwhile: updating them all
+        on every event would multiply the work by the kinds of pod in flight. Tables are
+        visited least recently used first, so their order of use is kept."""
+        tables = list(self._tables.values())
+        for table in tables[:-1]:
+            if snapshot.changed_since(table.mark) is None:
+                self._table(snapshot, table.request)
+        if tables:
+            self._table(snapshot, tables[-1].request)
 
     def _raw(self, snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray) -> FloatArray:
         """The core's raw scores at `slots`; fit is not needed here (see `above_lowest`)."""

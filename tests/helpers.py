@@ -98,3 +98,22 @@ def request_of(item: dict[str, Any]) -> Any:
     from epcsched.quantity import DEFAULT_EPC_RESOURCES
 
     return PodRequest.of(pod_info(msgspec.convert(item, Pod), DEFAULT_EPC_RESOURCES))
+
+
+def names_request(*names: str, epc: str = "16Mi", name: str = "p") -> bytes:
+    """A cache-mode filter or prioritize body: pod `name` asking `epc`, over `names`."""
+    import json
+
+    return json.dumps({"Pod": pod(name, epc), "Nodes": None, "NodeNames": list(names)}).encode()
+
+
+def running_on(name: str, epc: str, node_name: str) -> Any:
+    """The PodInfo of a Running pod bound to `node_name`: what a bind's watch event adds."""
+    import msgspec
+
+    from epcsched.objects import Pod, pod_info
+    from epcsched.quantity import DEFAULT_EPC_RESOURCES
+
+    obj = pod(name, epc, node_name=node_name)
+    obj["status"] = {"phase": "Running"}
+    return pod_info(msgspec.convert(obj, Pod), DEFAULT_EPC_RESOURCES)

@@ -17,7 +17,6 @@ import asyncio
 import json
 from pathlib import Path
 
-import msgspec
 import numpy as np
 import pytest
 from hypothesis import given
@@ -28,24 +27,15 @@ from epcsched.core.fit import PodRequest
 from epcsched.core.score import normalise, normalise_above, raw_score_at, raw_scores
 from epcsched.extender.service import ExtenderService
 from epcsched.kube.informer import InformerSettings, InformerState
-from epcsched.objects import Pod, pod_info
-from epcsched.quantity import DEFAULT_EPC_RESOURCES, MIB
+from epcsched.quantity import MIB
 from epcsched.testing.apiserver import FakeApiServer
 from epcsched.testing.store import BY_KIND
 from tests import kube_helpers
 from tests.helpers import EPC, LEGACY, node, pod, snapshot_of
+from tests.helpers import names_request as body
+from tests.helpers import running_on as bound
 
 FAST = InformerSettings(backoff_initial=0.01, backoff_max=0.1, watch_timeout=(1, 2), page_size=50)
-
-
-def body(*names: str, epc: str = "16Mi", name: str = "p") -> bytes:
-    return json.dumps({"Pod": pod(name, epc), "Nodes": None, "NodeNames": list(names)}).encode()
-
-
-def bound(name: str, epc: str, node_name: str) -> object:
-    obj = pod(name, epc, node_name=node_name)
-    obj["status"] = {"phase": "Running"}
-    return pod_info(msgspec.convert(obj, Pod), DEFAULT_EPC_RESOURCES)
 
 
 def three_nodes() -> tuple[object, ExtenderService]:

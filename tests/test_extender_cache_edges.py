@@ -17,6 +17,7 @@ import msgspec
 from epcsched.extender.service import ExtenderService
 from epcsched.objects import Node, node_info
 from epcsched.quantity import DEFAULT_EPC_RESOURCES
+from tests.helpers import names_request as body
 from tests.helpers import node, pod, snapshot_of
 
 GONE = "node is not in epcsched's cluster cache"
@@ -24,10 +25,6 @@ GONE = "node is not in epcsched's cluster cache"
 
 def add(snap: Any, item: dict[str, Any]) -> None:
     snap.upsert_node(node_info(msgspec.convert(item, Node), DEFAULT_EPC_RESOURCES))
-
-
-def body(*names: str, epc: str = "16Mi") -> bytes:
-    return json.dumps({"Pod": pod("p", epc), "Nodes": None, "NodeNames": list(names)}).encode()
 
 
 def test_a_deleted_node_whose_slot_is_reused_is_failed_not_replaced() -> None:

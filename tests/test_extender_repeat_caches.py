@@ -11,28 +11,17 @@ from __future__ import annotations
 
 import json
 
-import msgspec
 import pytest
 
 from epcsched.extender.service import ExtenderService
 from epcsched.extender.wire import BadRequest
-from epcsched.objects import Pod, pod_info
-from epcsched.quantity import DEFAULT_EPC_RESOURCES
+from tests.helpers import names_request as body
 from tests.helpers import node, pod, snapshot_of
-
-
-def body(*names: str, epc: str = "16Mi", name: str = "p") -> bytes:
-    return json.dumps({"Pod": pod(name, epc), "Nodes": None, "NodeNames": list(names)}).encode()
+from tests.helpers import running_on as bound
 
 
 def passing(reply: bytes) -> list[str]:
     return list(json.loads(reply)["NodeNames"])
-
-
-def bound(name: str, epc: str, node_name: str) -> object:
-    obj = pod(name, epc, node_name=node_name)
-    obj["status"] = {"phase": "Running"}
-    return pod_info(msgspec.convert(obj, Pod), DEFAULT_EPC_RESOURCES)
 
 
 def test_a_node_filled_after_the_filter_is_not_scored_as_fitting() -> None:

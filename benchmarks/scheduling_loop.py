@@ -65,6 +65,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cluster import EPC, node, pod
 
+from epcsched.cli import Parser
 from epcsched.core.snapshot import ClusterSnapshot
 from epcsched.extender.service import ExtenderService
 from epcsched.model import NodeInfo, PodInfo
@@ -527,15 +528,50 @@ def in_process(sizes: list[int], pods: int, warmup: int, block: int) -> list[dic
     return [state.stats() for state in states]
 
 
+def _count(least: int) -> Any:
+    """An argparse type: a whole number of at least `least`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is less than {least}")
+        return value
+
+    return parse
+
+
+def _sizes(text: str) -> list[int]:
+    """Node counts, comma-separated, each at least 2 (a list to chunk and a choice to make)."""
+    parse = _count(2)
+    return [parse(part) for part in text.split(",")]
+
+
+def _package(text: str) -> Path:
+    """A directory holding an epcsched package, for `--before`."""
+    path = Path(text)
+    if not (path / "epcsched" / "__init__.py").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{text}: no epcsched package there (git archive <commit> epcsched | tar -x -C {text})"
+        )
+    return path
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1000,5000", help="node counts, comma-separated")
-    parser.add_argument("--pods", type=int, default=1000, help="timed pods per extender and size")
-    parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--block", type=int, default=50, help="pods per alternating block")
+    parser = Parser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--sizes", type=_sizes, default=[1000, 5000], help="node counts, comma-separated"
+    )
+    parser.add_argument(
+        "--pods", type=_count(1), default=1000, help="timed pods per extender and size"
+    )
+    parser.add_argument("--warmup", type=_count(1), default=50)
+    parser.add_argument("--block", type=_count(1), default=50, help="pods per alternating block")
     parser.add_argument(
         "--before",
-        type=Path,
+        type=_package,
         metavar="DIR",
         help="also run the extender of the epcsched package under DIR, in the base profile "
         "(e.g. `git archive <commit> epcsched | tar -x -C DIR`): before and after in one run",
@@ -558,9 +594,12 @@ def main() -> int:
     if args.role == "noop":
         serve_noop(args.port)
         return 0
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes: list[int] = args.sizes
     if args.profile is not None:
-        args.profile.mkdir(parents=True, exist_ok=True)
+        try:
+            args.profile.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            parser.error(f"--profile: cannot create {args.profile}: {exc.strerror or exc}")
     result: dict[str, Any] = {"loop": []}
     with tempfile.TemporaryDirectory() as tmp:
         for nodes in sizes:

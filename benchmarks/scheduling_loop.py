@@ -19,19 +19,21 @@ requests. This plays kube-scheduler's part, per pod:
 The do-nothing extender (plain aiohttp on uvloop: filter echoes `NodeNames`, prioritize answers
 `[]`) runs the same loop in the same run against its own copy of the API server; blocks of pods
 alternate between all four runs (two extenders, two profiles), so a noisy machine slows them
-alike. Per run it reports the loop's pods/s (kube-scheduler's part here, the extender calls and
-the bind: `pods_per_s`, `ratio`) and the extender round trips alone, which the scheduling
-cycle waits for (`extender_*`, `extender_ratio`, `extra_ms_per_pod`), and the extender
-process's CPU time per pod. A real kube-scheduler 1.35 adds 2-3 ms of its own work per pod over
-1,000 nodes on 2 cores, which this loop does not have, so both ratios are stricter than a real
-scheduler's. `--before DIR` adds, in the base profile, the extender of an older epcsched package
-(e.g. `git archive <commit> epcsched | tar -x -C DIR`), so before and after share one run;
-`--profile DIR` runs epcsched's extenders under cProfile (slower: for where the time goes, not
-for the figures). Also timed in-process: `ExtenderService.filter` and `prioritize` per pod
-with the previous pod bound into the snapshot between pods, plus the `refresh` the extender
-runs after that bind's watch event (the per-node update requests used to do themselves), the
-sizes alternating in blocks. The prioritize the extender answers ahead of its request is timed
-here as a request, so these are the work per pod, not only the wait.
+alike, in a new random order every block, so that no run always follows the same other one
+(what a run follows changes its figures). Per run it reports the loop's pods/s
+(kube-scheduler's part here, the extender calls and the bind: `pods_per_s`, `ratio`) and the
+extender round trips alone, which the scheduling cycle waits for (`extender_*`,
+`extender_ratio`, `extra_ms_per_pod`), and the extender process's CPU time per pod. A real
+kube-scheduler 1.35 adds 2-3 ms of its own work per pod over 1,000 nodes on 2 cores, which this
+loop does not have, so both ratios are stricter than a real scheduler's. `--before DIR` adds,
+in the base profile, the extender of an older epcsched package (e.g. `git archive <commit>
+epcsched | tar -x -C DIR`), so before and after share one run; `--profile DIR` runs epcsched's
+extenders under cProfile (slower: for where the time goes, not for the figures). Also timed
+in-process: `ExtenderService.filter` and `prioritize` per pod with the previous pod bound into
+the snapshot between pods, plus the `refresh` the extender runs after that bind's watch event
+(the per-node update requests used to do themselves), the sizes alternating in blocks. The
+prioritize the extender answers ahead of its request is timed here as a request, so these are
+the work per pod, not only the wait.
 
 Prints one JSON line. Targets (issue 10): ratio to the do-nothing extender >= 0.95 at 1,000 and
 5,000 nodes; in-process time per pod at 5,000 nodes <= 1.5x that at 1,000.
@@ -414,8 +416,13 @@ def loop(
         for run in runs.values():
             for i in range(warmup):
                 run.schedule(i, sizes[i], timed=False)
+        order = list(runs.values())
+        shuffle = random.Random(nodes).shuffle
         for first in range(warmup, warmup + pods, block):
-            for run in runs.values():
+            # A run is slowed by the one before it (the same extender code measured 0.04-0.06
+            # of ratio apart, depending on which run preceded it): a new order every block.
+            shuffle(order)
+            for run in order:
                 cpu = cpu_seconds(run.pid)
                 for i in range(first, min(first + block, warmup + pods)):
                     run.schedule(i, sizes[i], timed=True)

@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from epcsched.core.snapshot import ClusterSnapshot, IntArray
 from epcsched.extender import wire
+from epcsched.extender.cover import Cover
 
 _QUOTE, _COMMA, _OPEN, _CLOSE = 0x22, 0x2C, 0x5B, 0x5D
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -35,12 +36,19 @@ _EDGE = 48
 pass over the list, and a list that shares it is told apart by one memcmp."""
 
 
-_Run = tuple[bytes, bytes, int, bytes]
+_COVERS = 8
+"""Sets of runs remembered with the cover their lists make (or that they make none)."""
+_RUN_BITS = 1024
+"""Runs learned before all are forgotten and learned again, which keeps each run's bit (and
+the integers a list's bits are gathered in) small."""
+
+_Run = tuple[bytes, bytes, int, bytes, int]
 """Consecutive names of the reference: their JSON with the comma that follows them inside a
-list (`"a","b",`), their slots (the bytes of an int64 array), the length of that JSON, and the
-JSON alone (for the list's last run, which a `]` follows). A tuple, because the reading loop
-indexes it once per run and a tuple index is the cheapest read Python has; slots as bytes,
-because joining bytes costs far less per run than `np.concatenate` does per array."""
+list (`"a","b",`), their slots (the bytes of an int64 array), the length of that JSON, the
+JSON alone (for the list's last run, which a `]` follows), and a bit of its own, which tells
+the runs a list was read from. A tuple, because the reading loop indexes it once per run and a
+tuple index is the cheapest read Python has; slots as bytes, because joining bytes costs far
+less per run than `np.concatenate` does per array."""
 
 
 class NameResolver:
@@ -61,7 +69,13 @@ class NameResolver:
         self._width = 0
         """The length of every reference name's JSON when they all have one, else 0."""
         self._runs: dict[bytes, _Run] = {}
-        self._recent: dict[tuple[int, bytes, bytes], tuple[bytes, IntArray]] = {}
+        self._bits = 0
+        """Runs learned so far: the next run's bit is `1 << _bits`."""
+        self._covers: dict[int, Cover | None] = {}
+        """By the bits of a set of runs, the cover a list read from them makes, or None."""
+        self._cover: tuple[IntArray, Cover] | None = None
+        """The slots `resolve` returned last and the cover they make, if they make one."""
+        self._recent: dict[tuple[int, bytes, bytes], tuple[bytes, IntArray, Cover | None]] = {}
 
     def resolve(self, raw: bytes, snapshot: ClusterSnapshot) -> IntArray:
         """Slot of each name in the JSON array `raw`, -1 for names that are not known nodes.
@@ -76,32 +90,75 @@ class NameResolver:
         key = (len(raw), raw[:_EDGE], raw[-_EDGE:])
         seen = self._recent.get(key)
         if seen is not None and seen[0] == raw:
-            return seen[1]
-        slots = self._read(raw)
-        if slots is None:
-            names = wire.decode_node_names(raw)
-            slots = snapshot.slots_of(names)
-            slots.flags.writeable = False
-            if wire.encode(names) == raw:
-                self._learn(names, snapshot)
-        recent = self._recent
-        recent.pop(key, None)
-        recent[key] = (raw, slots)
-        if len(recent) > _RECENT:
-            del recent[next(iter(recent))]
+            slots, cover = seen[1], seen[2]
+        else:
+            if self._bits >= _RUN_BITS:
+                # Between lists, never within one: a list's bits all come from one set of runs.
+                self._forget_runs()
+            read = self._read(raw)
+            if read is None:
+                names = wire.decode_node_names(raw)
+                slots = snapshot.slots_of(names)
+                slots.flags.writeable = False
+                cover = None
+                if wire.encode(names) == raw:
+                    self._learn(names, snapshot)
+            else:
+                slots, runs, count = read
+                cover = self._cover_of(runs, count, slots, snapshot)
+            recent = self._recent
+            recent.pop(key, None)
+            recent[key] = (raw, slots, cover)
+            if len(recent) > _RECENT:
+                del recent[next(iter(recent))]
+        self._cover = None if cover is None else (slots, cover)
         return slots
 
+    def cover(self, slots: IntArray, snapshot: ClusterSnapshot) -> Cover | None:
+        """The cover `slots` make (every node but a few, each once), when `resolve` returned
+        them last and found one; what holds over the cover then holds for the list, with no
+        pass over it."""
+        found = self._cover
+        if found is None or found[0] is not slots or found[1].generation != snapshot.generation:
+            return None
+        return found[1]
+
+    def current_cover(self, snapshot: ClusterSnapshot) -> Cover | None:
+        """The cover of the list `resolve` returned last, if it made one and is current."""
+        found = self._cover
+        if found is None or found[1].generation != snapshot.generation:
+            return None
+        return found[1]
+
+    def _cover_of(
+        self, runs: int, count: int, slots: IntArray, snapshot: ClusterSnapshot
+    ) -> Cover | None:
+        """The cover of a list read from the runs `runs` (their bits; `count` runs in all).
+        Each set of runs is checked once, by its slots, and remembered: a list read from the
+        same runs, none of them twice, holds the same names."""
+        if not count or count != runs.bit_count():
+            return None
+        if runs in self._covers:
+            return self._covers[runs]
+        cover = self._covers[runs] = Cover.of(slots, snapshot)
+        if len(self._covers) > _COVERS:
+            del self._covers[next(iter(self._covers))]
+        return cover
+
     # ----- the fast reading --------------------------------------------------------------
-    def _read(self, raw: bytes) -> IntArray | None:
+    def _read(self, raw: bytes) -> tuple[IntArray, int, int] | None:
+        """The slots of the list `raw`, the bits of the runs it was read from and how many
+        runs it took; None when it cannot be read run by run."""
         last = len(raw) - 1
         if last < 1 or raw[0] != _OPEN or raw[last] != _CLOSE:
             return None
         if last == 1:
-            return _EMPTY
+            return _EMPTY, 0, 0
         runs_get, find, startswith = self._runs.get, raw.find, raw.startswith
         width = self._width
         parts: list[bytes] = []
         append = parts.append
+        runs = 0
         pos = 1
         # Once per run, not per name: the loop is kept to a handful of C calls. A run matched
         # with its comma is followed by another; only the last one is followed by the `]`.
@@ -113,6 +170,7 @@ class NameResolver:
             run = runs_get(key)
             if run is not None and startswith(run[0], pos):
                 append(run[1])
+                runs |= run[4]
                 pos += run[2]
                 continue
             if run is None or not startswith(run[3], pos):
@@ -121,15 +179,18 @@ class NameResolver:
                     return None
                 if startswith(run[0], pos):
                     append(run[1])
+                    runs |= run[4]
                     pos += run[2]
                     continue
             # The run found here is the list's last, or the list goes on without its comma.
             if pos + len(run[3]) != last:
                 return None
             append(run[1])
+            runs |= run[4]
             break
         # Read-only, like every array `resolve` returns.
-        return np.frombuffer(parts[0] if len(parts) == 1 else b"".join(parts), dtype=np.int64)
+        joined = parts[0] if len(parts) == 1 else b"".join(parts)
+        return np.frombuffer(joined, dtype=np.int64), runs, len(parts)
 
     def _extend(self, raw: bytes, pos: int, key: bytes) -> _Run | None:
         """The longest run of reference names from `key` that `raw` repeats at `pos`,
@@ -163,8 +224,15 @@ class NameResolver:
                 bad = middle
         text = bytes(ref[start : ends[first + good - 1]])
         slots = self._slots[first : first + good].tobytes()
-        run = self._runs[key] = (text + b",", slots, len(text) + 1, text)
+        run = self._runs[key] = (text + b",", slots, len(text) + 1, text, 1 << self._bits)
+        self._bits += 1
         return run
+
+    def _forget_runs(self) -> None:
+        self._runs = {}
+        self._bits = 0
+        self._covers = {}
+        self._cover = None
 
     # ----- the reference -----------------------------------------------------------------
     def _learn(self, names: list[str], snapshot: ClusterSnapshot) -> None:
@@ -183,7 +251,7 @@ class NameResolver:
             self._build([self._names[i] for i in keep], [self._encoded[i] for i in keep], snapshot)
         else:
             self._slots = slots
-            self._runs = {}
+            self._forget_runs()
             self._generation = snapshot.generation
         self._recent = {}
 
@@ -199,7 +267,7 @@ class NameResolver:
         self._starts = (ends - lengths).tolist()
         self._position = dict(zip(encoded, range(len(encoded)), strict=True))
         self._slots = snapshot.slots_of(names)
-        self._runs = {}
+        self._forget_runs()
         self._generation = snapshot.generation
         self._recent = {}
 

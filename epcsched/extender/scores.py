@@ -34,6 +34,7 @@ from epcsched.core.score import (
     raw_scores,
 )
 from epcsched.core.snapshot import ClusterSnapshot, FloatArray, IntArray
+from epcsched.extender.cover import Cover
 
 _TABLES = 8
 _FEW = 16
@@ -42,6 +43,11 @@ _FEW_CHANGED = 8
 """Up to this many changed slots are rescored one by one in Python floats."""
 
 _Key = tuple[tuple[tuple[str, int], ...], int, int]
+
+
+def _key(request: PodRequest) -> _Key:
+    """The kind of pod: what a raw score depends on."""
+    return (tuple(sorted(request.epc.items())), request.cpu_milli, request.memory)
 
 
 @dataclass(slots=True)
@@ -64,7 +70,7 @@ class ScoreTables:
 
     def _table(self, snapshot: ClusterSnapshot, request: PodRequest) -> _Table:
         """The table for `request`'s kind of pod, brought up to date with `snapshot`."""
-        key = (tuple(sorted(request.epc.items())), request.cpu_milli, request.memory)
+        key = _key(request)
         table = self._tables.get(key)
         if table is not None:
             self._tables.move_to_end(key)
@@ -87,19 +93,24 @@ class ScoreTables:
             self._tables.popitem(last=False)
         return table
 
-    def refresh(self, snapshot: ClusterSnapshot) -> None:
+    def refresh(self, snapshot: ClusterSnapshot, cover: Cover | None = None) -> None:
         """Bring the most recently used table up to date with `snapshot` (the next pod is most
         likely another replica of the last one), and rebuild any other that a change in bulk
         (a telemetry poll, a node added or removed) has made stale as a whole. The others catch
         up when next read, each for the few slots a bind changed meanwhile: updating them all
         on every event would multiply the work by the kinds of pod in flight. Tables are
-        visited least recently used first, so their order of use is kept."""
+        visited least recently used first, so their order of use is kept. With `cover`, the
+        candidates of the list asked about last, the most recent table's figures over them
+        are brought up to date too."""
         tables = list(self._tables.values())
         for table in tables[:-1]:
             if snapshot.changed_since(table.mark) is None:
                 self._table(snapshot, table.request)
         if tables:
-            self._table(snapshot, tables[-1].request)
+            request = tables[-1].request
+            table = self._table(snapshot, request)
+            if cover is not None:
+                cover.spread(snapshot, _key(request), table.raw)
 
     def _raw(self, snapshot: ClusterSnapshot, request: PodRequest, slots: IntArray) -> FloatArray:
         """The core's raw scores at `slots`; fit is not needed here (see `above_lowest`)."""
@@ -145,6 +156,31 @@ class ScoreTables:
         spread = normalise(values, np.ones(values.shape[0], dtype=np.bool_))[:-1]
         nonzero = np.flatnonzero(spread)
         return above[nonzero], spread[nonzero]
+
+    def above_lowest_over(
+        self, snapshot: ClusterSnapshot, request: PodRequest, cover: Cover
+    ) -> tuple[IntArray, IntArray] | None:
+        """`above_lowest` when the candidates are `cover`'s and all fit, from the figures kept
+        over the cover instead of a gather over every candidate: the slots above the lowest
+        with their scores 1..10. None when those figures cannot say (more than a handful above
+        the lowest, or most of the candidates), for the caller to ask `above_lowest`."""
+        table = self._table(snapshot, request)
+        spread = cover.spread(snapshot, _key(request), table.raw)
+        above = spread.above
+        if above is None or 2 * len(above) > cover.members.shape[0]:
+            return None
+        slots = list(above)
+        if len(slots) <= _FEW:
+            scores = normalise_above(list(above.values()), spread.low)
+            kept = [i for i, score in enumerate(scores) if score]
+            return (
+                np.array([slots[i] for i in kept], dtype=np.int64),
+                np.array([scores[i] for i in kept], dtype=np.int64),
+            )
+        values = np.array([*above.values(), spread.low], dtype=np.float64)
+        spread_scores = normalise(values, np.ones(values.shape[0], dtype=np.bool_))[:-1]
+        nonzero = np.flatnonzero(spread_scores)
+        return np.array(slots, dtype=np.int64)[nonzero], spread_scores[nonzero]
 
 
 _NONE = np.zeros(0, dtype=np.int64)

@@ -31,6 +31,7 @@ from epcsched.core.fit import (
 from epcsched.core.score import normalise, raw_and_eligible, score
 from epcsched.core.snapshot import ClusterSnapshot, IntArray
 from epcsched.extender import wire
+from epcsched.extender.cover import Cover
 from epcsched.extender.names import NameResolver, SlotNames
 from epcsched.extender.scores import ScoreTables
 from epcsched.objects import ObjectError, ObjectMeta, PodStatus, pod_info
@@ -109,16 +110,22 @@ class ExtenderService:
 
     def refresh(self) -> None:
         """Fold the snapshot's latest changes into what the next request reads: each EPC
-        name's fit view and the raw-score table of the kind of pod asked about last.
+        name's fit view and the raw-score table of the kind of pod asked about last, and
+        their figures over the candidates of the list asked about last when it was every node
+        but a few (`cover.Cover`).
 
         Called after the cluster changed (a watch event), between requests: kube-scheduler is
         then binding or filtering on its own, and the node a bind changed is updated then
         rather than while it waits for our reply. Requests stay correct without it; they
         would only do the same update themselves."""
         snapshot = self._snapshot()
+        cover = self._resolver.current_cover(snapshot)
         for name in snapshot.epc:
-            snapshot.fit_view(name)
-        self._scores.refresh(snapshot)
+            if cover is None:
+                snapshot.fit_view(name)
+            else:
+                cover.floor(snapshot, name)
+        self._scores.refresh(snapshot, cover)
 
     # ----- decoding with caches ----------------------------------------------------------
     def pod_request(self, raw: bytes, snapshot: ClusterSnapshot) -> PodRequest:
@@ -277,7 +284,12 @@ class ExtenderService:
         assert raw_names is not None
         # The fit view alone, not the score tables: with the high-throughput profile no
         # prioritize follows, and updating raw scores here would be work for nothing.
-        if fits_everywhere(snapshot, request, slots):
+        cover = self._resolver.cover(slots, snapshot)
+        if (
+            fits_everywhere(snapshot, request, slots)
+            if cover is None
+            else _cover_fits(snapshot, request, cover)
+        ):
             self._fits = (snapshot.version, slots, request)
             # kube-scheduler scores only when more than one node passes.
             if slots.shape[0] > 1:
@@ -356,16 +368,20 @@ class ExtenderService:
             assert args.nodes_raw is not None
             return self._prioritize_full(snapshot, request, args.nodes_raw)
         fits = self._fits
-        found = self._scores.above_lowest(
-            snapshot,
-            request,
-            slots,
-            # The very list and request its filter passed whole, with nothing changed since.
-            fits=fits is not None
+        # The very list and request its filter passed whole, with nothing changed since.
+        passed = (
+            fits is not None
             and fits[0] == snapshot.version
             and fits[1] is slots
-            and fits[2] is request,
+            and fits[2] is request
         )
+        cover = self._resolver.cover(slots, snapshot)
+        if cover is not None and (passed or _cover_fits(snapshot, request, cover)):
+            over = self._scores.above_lowest_over(snapshot, request, cover)
+            if over is not None:
+                return self._slot_names.scores_json(snapshot, over[0], over[1])
+            passed = True
+        found = self._scores.above_lowest(snapshot, request, slots, fits=passed)
         if found is not None:
             positions, scores = found
             if positions is None:
@@ -408,6 +424,14 @@ class ExtenderService:
                 if not request.wants_epc or fits_after_evicting(snapshot, request, node, victims):
                     kept[node] = _meta_victims([v.uid for v in victims], full.NumPDBViolations)
         return wire.encode({"NodeNameToMetaVictims": kept})
+
+
+def _cover_fits(snapshot: ClusterSnapshot, request: PodRequest, cover: Cover) -> bool:
+    """`fits_everywhere` over `cover`'s candidates, from the least free EPC kept over them."""
+    for name, need in request.epc.items():
+        if name not in snapshot.epc or cover.floor(snapshot, name) < need:
+            return False
+    return True
 
 
 def _failures_of(

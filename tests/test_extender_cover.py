@@ -85,6 +85,26 @@ def test_the_resolver_finds_the_cover_of_every_node_but_a_few() -> None:
     assert resolver.cover(slots, snap) is None
 
 
+def test_any_order_answers_a_known_cover_with_its_own_slots() -> None:
+    snap = cluster()
+    resolver = NameResolver()
+    resolver.resolve(json.dumps(NAMES, separators=(",", ":")).encode(), snap)
+    # Chunks in orders where none follows the one before it in the reference: each list is
+    # read as the same runs (n6, n8, n3..n5, n0..n2; n7 is left out).
+    order = shuffled([2, 1, 0], ("n7",))
+    raw = json.dumps(order, separators=(",", ":")).encode()
+    in_order = snap.slots_of(order).tolist()
+    # The first read finds the cover, and answers in the list's order either way.
+    assert resolver.resolve(raw, snap, any_order=True).tolist() == in_order
+    other = json.dumps(shuffled([1, 0, 2], ("n7",)), separators=(",", ":")).encode()
+    # The cover known, another order of the same runs: its slots in their own (ascending)
+    # order with any_order, and the list's own order without.
+    unordered = resolver.resolve(other, snap, any_order=True)
+    assert unordered.tolist() == sorted(in_order)
+    assert resolver.cover(unordered, snap) is not None
+    assert resolver.resolve(other, snap).tolist() == snap.slots_of(json.loads(other)).tolist()
+
+
 def _node_info(name: str) -> object:
     import msgspec
 

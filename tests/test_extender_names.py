@@ -48,8 +48,23 @@ def expected(raw: bytes, snap: ClusterSnapshot) -> Any:
 
 
 def resolved(resolver: NameResolver, raw: bytes, snap: ClusterSnapshot) -> Any:
+    """The resolver's answer for `raw`, checked to be the same when the list is read in place
+    inside a request body, and (as a set) when any order will do."""
+    answer = _answer(lambda: resolver.resolve(raw, snap).tolist())
+    body = b'{"Pod":{},"NodeNames":' + raw + b"}"
+    start = len(body) - len(raw) - 1
+    inside = _answer(lambda: resolver.resolve(body, snap, start, start + len(raw)).tolist())
+    assert inside == answer
+    unordered = _answer(
+        lambda: sorted(resolver.resolve(body, snap, start, len(body) - 1, any_order=True).tolist())
+    )
+    assert unordered == (sorted(answer) if isinstance(answer, list) else answer)
+    return answer
+
+
+def _answer(read: Any) -> Any:
     try:
-        return resolver.resolve(raw, snap).tolist()
+        return read()
     except wire.BadRequest as exc:
         return f"400 {exc}"
 

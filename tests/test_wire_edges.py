@@ -30,6 +30,10 @@ def test_the_tail_is_sliced_whatever_the_spacing(names: bytes) -> None:
     assert args.names_from_tail
     assert args.node_names_raw == b'["a","b"]'
     assert msgspec.json.decode(args.pod_raw) == pod("p", "16Mi")
+    # The list stays where it is: the body itself, with where the list lies in it.
+    assert args.names_buffer is body
+    assert bytes(args.node_names_view()) == b'["a","b"]'
+    assert body.endswith(b'["a","b"]}', 0, args.names_end + 1)
 
 
 def test_a_key_without_a_colon_is_malformed_not_sliced() -> None:

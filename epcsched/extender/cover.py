@@ -71,7 +71,10 @@ class Cover:
         # Every slot known and none twice: the nodes left out are the rest, at most EXCLUDED.
         live = snapshot.sorted_slots()[1]
         excluded = live[times[live] == 0].tolist()
-        return cls(snapshot.generation, np.sort(slots), frozenset(excluded))
+        members = np.sort(slots)
+        # Handed out as a list's slots (`NameResolver.resolve`), and kept: read-only.
+        members.flags.writeable = False
+        return cls(snapshot.generation, members, frozenset(excluded))
 
     def floor(self, snapshot: ClusterSnapshot, name: str) -> int:
         """The least `fit_view(name)` over the candidates: a pod needing at most this much of

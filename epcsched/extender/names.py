@@ -14,6 +14,11 @@ one `concatenate` of the runs' slot arrays. A run once found is remembered by it
 list this cannot read (whitespace, escapes, a name the reference lacks) is decoded in full, and
 a compact one then becomes the reference, so the next request reads fast again.
 
+The runs a list was read from also tell, once a set of them has been checked, that the list
+names every node but a few, each once (`cover.Cover`): the service then keeps what it needs over
+those candidates instead of reading it from each of them. The list is read where it lies in the
+request body; it is not copied out.
+
 `SlotNames` goes the other way: the JSON of each known node's name by slot, so a reply names
 the nodes it keeps by one gather and one join.
 """
@@ -75,40 +80,64 @@ class NameResolver:
         """By the bits of a set of runs, the cover a list read from them makes, or None."""
         self._cover: tuple[IntArray, Cover] | None = None
         """The slots `resolve` returned last and the cover they make, if they make one."""
-        self._recent: dict[tuple[int, bytes, bytes], tuple[bytes, IntArray, Cover | None]] = {}
+        self._recent: dict[
+            tuple[bool, int, bytes, bytes], tuple[memoryview, IntArray, Cover | None]
+        ] = {}
 
-    def resolve(self, raw: bytes, snapshot: ClusterSnapshot) -> IntArray:
-        """Slot of each name in the JSON array `raw`, -1 for names that are not known nodes.
-        The caller must not modify the array.
+    def resolve(
+        self,
+        raw: bytes,
+        snapshot: ClusterSnapshot,
+        start: int = 0,
+        end: int | None = None,
+        *,
+        any_order: bool = False,
+    ) -> IntArray:
+        """Slot of each name in the JSON array `raw[start:end]` (read in place: the request
+        body, not a copy of the list), -1 for names that are not known nodes. The caller must
+        not modify the array.
 
-        Raises `wire.BadRequest` when `raw` is not an array of strings.
+        With `any_order`, a list that makes a cover already seen (see `cover`) is answered with
+        the cover's slots in their own order: the same set, without gathering each run's slots
+        into the list's order, for a caller to whom only the set matters.
+
+        Raises `wire.BadRequest` when that is not an array of strings.
         """
+        if end is None:
+            end = len(raw)
         if snapshot.generation != self._generation:
             self._relink(snapshot)
         # prioritize repeats its filter's list exactly, and a quiet cluster sends the same few
         # lists again: one memcmp answers those.
-        key = (len(raw), raw[:_EDGE], raw[-_EDGE:])
+        key = (
+            any_order,
+            end - start,
+            raw[start : min(start + _EDGE, end)],
+            raw[max(end - _EDGE, start) : end],
+        )
         seen = self._recent.get(key)
-        if seen is not None and seen[0] == raw:
+        if seen is not None and raw.startswith(seen[0], start):
             slots, cover = seen[1], seen[2]
         else:
             if self._bits >= _RUN_BITS:
                 # Between lists, never within one: a list's bits all come from one set of runs.
                 self._forget_runs()
-            read = self._read(raw)
+            read = self._read(raw, start, end)
             if read is None:
-                names = wire.decode_node_names(raw)
+                names = wire.decode_node_names(raw[start:end])
                 slots = snapshot.slots_of(names)
                 slots.flags.writeable = False
                 cover = None
-                if wire.encode(names) == raw:
+                encoded = wire.encode(names)
+                if len(encoded) == end - start and raw.startswith(encoded, start):
                     self._learn(names, snapshot)
             else:
-                slots, runs, count = read
-                cover = self._cover_of(runs, count, slots, snapshot)
+                parts, runs = read
+                cover, slots = self._cover_of(parts, runs, snapshot, any_order)
             recent = self._recent
             recent.pop(key, None)
-            recent[key] = (raw, slots, cover)
+            # The list itself is held as a view of what holds it: no copy of it is made.
+            recent[key] = (memoryview(raw)[start:end], slots, cover)
             if len(recent) > _RECENT:
                 del recent[next(iter(recent))]
         self._cover = None if cover is None else (slots, cover)
@@ -131,35 +160,40 @@ class NameResolver:
         return found[1]
 
     def _cover_of(
-        self, runs: int, count: int, slots: IntArray, snapshot: ClusterSnapshot
-    ) -> Cover | None:
-        """The cover of a list read from the runs `runs` (their bits; `count` runs in all).
-        Each set of runs is checked once, by its slots, and remembered: a list read from the
-        same runs, none of them twice, holds the same names."""
-        if not count or count != runs.bit_count():
-            return None
+        self, parts: list[_Run], runs: int, snapshot: ClusterSnapshot, any_order: bool
+    ) -> tuple[Cover | None, IntArray]:
+        """The cover a list read from the runs `parts` (whose bits are `runs`) makes, if any,
+        and its slots (the cover's own, with `any_order`, when it has one). Each set of runs
+        is checked once, by its slots, and remembered: a list read from the same runs, none
+        of them twice, holds the same names."""
+        if not parts or len(parts) != runs.bit_count():
+            return None, _joined(parts)
         if runs in self._covers:
-            return self._covers[runs]
+            cover = self._covers[runs]
+            if cover is not None and any_order:
+                return cover, cover.members
+            return cover, _joined(parts)
+        slots = _joined(parts)
         cover = self._covers[runs] = Cover.of(slots, snapshot)
         if len(self._covers) > _COVERS:
             del self._covers[next(iter(self._covers))]
-        return cover
+        return cover, slots
 
     # ----- the fast reading --------------------------------------------------------------
-    def _read(self, raw: bytes) -> tuple[IntArray, int, int] | None:
-        """The slots of the list `raw`, the bits of the runs it was read from and how many
-        runs it took; None when it cannot be read run by run."""
-        last = len(raw) - 1
-        if last < 1 or raw[0] != _OPEN or raw[last] != _CLOSE:
+    def _read(self, raw: bytes, start: int, end: int) -> tuple[list[_Run], int] | None:
+        """The runs the list `raw[start:end]` is read from, in order, and their bits; None
+        when it cannot be read run by run."""
+        last = end - 1
+        if last - start < 1 or raw[start] != _OPEN or raw[last] != _CLOSE:
             return None
-        if last == 1:
-            return _EMPTY, 0, 0
+        if last - start == 1:
+            return [], 0
         runs_get, find, startswith = self._runs.get, raw.find, raw.startswith
         width = self._width
-        parts: list[bytes] = []
+        parts: list[_Run] = []
         append = parts.append
         runs = 0
-        pos = 1
+        pos = start + 1
         # Once per run, not per name: the loop is kept to a handful of C calls. A run matched
         # with its comma is followed by another; only the last one is followed by the `]`.
         while True:
@@ -169,7 +203,7 @@ class NameResolver:
             key = raw[pos : pos + width] if width else raw[pos : find(b'"', pos + 1) + 1]
             run = runs_get(key)
             if run is not None and startswith(run[0], pos):
-                append(run[1])
+                append(run)
                 runs |= run[4]
                 pos += run[2]
                 continue
@@ -178,19 +212,17 @@ class NameResolver:
                 if run is None:
                     return None
                 if startswith(run[0], pos):
-                    append(run[1])
+                    append(run)
                     runs |= run[4]
                     pos += run[2]
                     continue
             # The run found here is the list's last, or the list goes on without its comma.
             if pos + len(run[3]) != last:
                 return None
-            append(run[1])
+            append(run)
             runs |= run[4]
             break
-        # Read-only, like every array `resolve` returns.
-        joined = parts[0] if len(parts) == 1 else b"".join(parts)
-        return np.frombuffer(joined, dtype=np.int64), runs, len(parts)
+        return parts, runs
 
     def _extend(self, raw: bytes, pos: int, key: bytes) -> _Run | None:
         """The longest run of reference names from `key` that `raw` repeats at `pos`,
@@ -270,6 +302,14 @@ class NameResolver:
         self._forget_runs()
         self._generation = snapshot.generation
         self._recent = {}
+
+
+def _joined(parts: list[_Run]) -> IntArray:
+    """The slots of the runs `parts`, in order; read-only, like every array `resolve` returns."""
+    if not parts:
+        return _EMPTY
+    joined = parts[0][1] if len(parts) == 1 else b"".join([run[1] for run in parts])
+    return np.frombuffer(joined, dtype=np.int64)
 
 
 class _Rows:

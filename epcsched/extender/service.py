@@ -2,13 +2,15 @@
 
 Kept apart from aiohttp so the same code is driven by the HTTP app, the benchmark and tests.
 Hot-path choices, all because kube-scheduler waits for every call, one pod at a time: the
-`NodeNames` list is resolved to slots run by run (`names.NameResolver`), never name by name;
-fit is one gather and one comparison per requested EPC name, over free-EPC arrays the snapshot
-keeps current node by node; a reply where every node passes echoes the request's own list;
+`NodeNames` list is resolved to slots run by run (`names.NameResolver`), never name by name,
+read in place in the request body; fit is one gather and one comparison per requested EPC name,
+over free-EPC arrays the snapshot keeps current node by node, or, for a list that names every
+node but a few (`cover.Cover`), one comparison with the least free EPC kept over those
+candidates; a reply where every node passes echoes the request's own list;
 raw scores are kept per kind of pod and node (`scores.ScoreTables`); a prioritize reply lists
 only the hosts that score above the lowest (kube-scheduler adds nothing for a host it is not
-given, and a score all candidates share decides nothing), written from names pre-encoded by
-slot.
+given, and a score all candidates share decides nothing), found from the figures kept over a
+cover when there is one, and written from names pre-encoded by slot.
 """
 
 from __future__ import annotations
@@ -182,18 +184,26 @@ class ExtenderService:
             if not _names_value(args.node_names_raw):
                 args = wire.split_args(body, fast=False)
             return args, None
-        if args.node_names_raw is None or args.nodes_raw is not None:
+        if args.names_buffer is None or args.nodes_raw is not None:
             return args, None
         try:
-            return args, self._resolver.resolve(args.node_names_raw, snapshot)
+            return args, self._resolve(args, snapshot)
         except wire.BadRequest:
             if not args.names_from_tail:
                 raise
         # The tail slice was not the whole NodeNames value after all; read the body in full.
         args = wire.split_args(body, fast=False)
-        if args.node_names_raw is None or args.nodes_raw is not None:
+        if args.names_buffer is None or args.nodes_raw is not None:
             return args, None
-        return args, self._resolver.resolve(args.node_names_raw, snapshot)
+        return args, self._resolve(args, snapshot)
+
+    def _resolve(self, args: wire.ExtenderArgs, snapshot: ClusterSnapshot) -> IntArray:
+        assert args.names_buffer is not None
+        # Only the set of candidates matters to the replies (a reply's entries may come in any
+        # order), so a list that makes a known cover is answered with the cover's own slots.
+        return self._resolver.resolve(
+            args.names_buffer, snapshot, args.names_start, args.names_end, any_order=True
+        )
 
     # ----- full-nodes mode ---------------------------------------------------------------
     def _full_nodes(self, snapshot: ClusterSnapshot, raw: bytes) -> _FullNodes:
@@ -280,8 +290,7 @@ class ExtenderService:
             assert args.nodes_raw is not None
             reply, failed, unresolvable = self._filter_full(snapshot, request, args.nodes_raw)
             return reply, _failures_of(args.pod_raw, failed, unresolvable)
-        raw_names = args.node_names_raw
-        assert raw_names is not None
+        assert args.names_buffer is not None
         # The fit view alone, not the score tables: with the high-throughput profile no
         # prioritize follows, and updating raw scores here would be work for nothing.
         cover = self._resolver.cover(slots, snapshot)
@@ -294,14 +303,14 @@ class ExtenderService:
             # kube-scheduler scores only when more than one node passes.
             if slots.shape[0] > 1:
                 self._passed = body
-            return wire.filter_reply_names(raw_names, {}, {}), None
+            return wire.filter_reply_names(args.node_names_view(), {}, {}), None
         masks = fit_masks(snapshot, request, slots)
 
         def names_at(positions: IntArray) -> list[str]:
             at = slots[positions]
             if at.shape[0] and at.min() < 0:
                 # A name the cache does not know has no slot to read it from.
-                return _names_at(wire.decode_node_names(raw_names))(positions)
+                return _names_at(wire.decode_node_names(args.node_names_raw or b""))(positions)
             known = snapshot.slot_names
             return [known[s] or "" for s in at.tolist()]
 

@@ -58,12 +58,29 @@ class ExtenderArgs:
     """One filter or prioritize request, with the node list still raw."""
 
     pod_raw: bytes
-    node_names_raw: bytes | None
-    """The raw `NodeNames` JSON array (cache mode), or None."""
+    names_buffer: bytes | None
+    """What holds the raw `NodeNames` JSON array (cache mode) at `names_start:names_end`, or
+    None: the request body itself when the list was sliced off its tail, so that a list of
+    hundreds of kilobytes is not copied out of it on every request."""
     nodes_raw: bytes | None
     """The raw `Nodes` NodeList (full-nodes mode), or None."""
     names_from_tail: bool = False
-    """`node_names_raw` was sliced off the body's end unchecked; see `split_args`."""
+    """The names were sliced off the body's end unchecked; see `split_args`."""
+    names_start: int = 0
+    names_end: int = 0
+
+    @property
+    def node_names_raw(self) -> bytes | None:
+        """The raw `NodeNames` JSON array, or None (a copy when it lies inside the body)."""
+        buffer = self.names_buffer
+        if buffer is None or (self.names_start == 0 and self.names_end == len(buffer)):
+            return buffer
+        return buffer[self.names_start : self.names_end]
+
+    def node_names_view(self) -> memoryview:
+        """The raw `NodeNames` JSON array without a copy; only when there is one."""
+        assert self.names_buffer is not None
+        return memoryview(self.names_buffer)[self.names_start : self.names_end]
 
 
 _WHITESPACE = b" \t\r\n"
@@ -76,8 +93,9 @@ def _skip(body: bytes, i: int, step: int) -> int:
     return i
 
 
-def _split_trailing_names(body: bytes) -> tuple[dict[str, bytes], bytes] | None:
-    """The other top-level parts, and the raw `NodeNames` array when it is the last key.
+def _split_trailing_names(body: bytes) -> tuple[dict[str, bytes], int, int] | None:
+    """The other top-level parts, and where the raw `NodeNames` array lies in `body` when it is
+    the last key.
 
     kube-scheduler writes `Pod`, `Nodes`, `NodeNames` in that order, so the large list ends the
     body. Slicing it off avoids scanning tens of kilobytes of names on every request. The key is
@@ -100,7 +118,7 @@ def _split_trailing_names(body: bytes) -> tuple[dict[str, bytes], bytes] | None:
     return None
 
 
-def _names_after(body: bytes, key: int, end: int) -> tuple[dict[str, bytes], bytes] | None:
+def _names_after(body: bytes, key: int, end: int) -> tuple[dict[str, bytes], int, int] | None:
     i = _skip(body, key + len(_NODE_NAMES_KEY), 1)
     if i >= len(body) or body[i] != 0x3A:  # :
         return None
@@ -115,7 +133,7 @@ def _names_after(body: bytes, key: int, end: int) -> tuple[dict[str, bytes], byt
         parts = _parts(body[:before] + b"}")
     except BadRequest:
         return None
-    return parts, body[start : end + 1]
+    return parts, start, end + 1
 
 
 def _decode_top(body: bytes) -> dict[str, msgspec.Raw]:
@@ -150,30 +168,41 @@ def split_args(body: bytes, *, fast: bool = True) -> ExtenderArgs:
     if fast:
         trailing = _split_trailing_names(body)
         if trailing is not None:
-            parts, names = trailing
-            parts["nodenames"] = names
+            parts, start, end = trailing
             try:
-                return _args(parts, names_from_tail=True)
+                return _args(parts, body, start, end)
             except BadRequest:
                 pass  # The slice may not be what it seemed: the full decode decides.
-    return _args(_parts(body), names_from_tail=False)
+    parts = _parts(body)
+    names = parts.get("nodenames")
+    return _args(parts, names, 0, 0 if names is None else len(names), from_tail=False)
 
 
-def _args(parts: dict[str, bytes], *, names_from_tail: bool) -> ExtenderArgs:
+def _args(
+    parts: dict[str, bytes],
+    names: bytes | None,
+    start: int,
+    end: int,
+    *,
+    from_tail: bool = True,
+) -> ExtenderArgs:
+    """The request's parts, the names being `names[start:end]` (None: no such key)."""
     pod_raw = parts.get("pod")
     if pod_raw is None or pod_raw == NULL:
         raise BadRequest("missing Pod: the request must carry the pod being scheduled")
-    names_raw = parts.get("nodenames")
     nodes_raw = parts.get("nodes")
-    names_raw = None if names_raw is None or names_raw == NULL else names_raw
+    if names is not None and end - start == len(NULL) and names.startswith(NULL, start):
+        names = None
     nodes_raw = None if nodes_raw is None or nodes_raw == NULL else nodes_raw
-    if names_raw is None and nodes_raw is None:
+    if names is None and nodes_raw is None:
         raise BadRequest("the request has neither NodeNames nor Nodes")
     return ExtenderArgs(
         pod_raw=pod_raw,
-        node_names_raw=names_raw,
+        names_buffer=names,
         nodes_raw=nodes_raw,
-        names_from_tail=names_from_tail,
+        names_from_tail=from_tail,
+        names_start=start if names is not None else 0,
+        names_end=end if names is not None else 0,
     )
 
 
@@ -319,7 +348,7 @@ EMPTY_FAILURES = b'"FailedNodes":{},"FailedAndUnresolvableNodes":{},"Error":""'
 
 
 def filter_reply_names(
-    names_json: bytes, failed: dict[str, str], unresolvable: dict[str, str]
+    names_json: bytes | memoryview, failed: dict[str, str], unresolvable: dict[str, str]
 ) -> bytes:
     """Cache-mode reply; `names_json` is an already-encoded JSON array of passing names."""
     if not failed and not unresolvable:

@@ -100,6 +100,7 @@ TARGETS = (
             "tests/test_extender_fuzz.py",
             "tests/test_extender_http.py",
             "tests/test_extender_preempt.py",
+            "tests/test_extender_cover.py",
             "tests/test_bind.py",
         ),
     ),
@@ -180,7 +181,16 @@ TARGETS = (
             "tests/test_extender_cache_edges.py",
             "tests/test_extender_repeat_caches.py",
             "tests/test_extender_ahead.py",
+            "tests/test_extender_cover.py",
             "tests/test_wire.py",
+        ),
+    ),
+    Target(
+        "epcsched/extender/cover.py",
+        (
+            "tests/test_extender_cover.py",
+            "tests/test_extender_names.py",
+            "tests/test_extender_repeat_caches.py",
         ),
     ),
 )

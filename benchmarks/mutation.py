@@ -188,6 +188,7 @@ TARGETS = (
     Target(
         "epcsched/extender/cover.py",
         (
+            "tests/test_cover_edges.py",
             "tests/test_extender_cover.py",
             "tests/test_extender_names.py",
             "tests/test_extender_repeat_caches.py",

@@ -41,8 +41,6 @@ class Spread:
     with its raw score (None when more than `_ABOVE` are)."""
 
     mark: tuple[int, int]
-    raw: FloatArray
-    """The raw-score table this follows (a table rebuilt whole is a new array)."""
     low: float
     at_low: int
     above: dict[int, float] | None
@@ -111,7 +109,7 @@ class Cover:
         """The lowest of the raw-score table `raw` over the candidates and the candidates above
         it; `raw` must be current with `snapshot`, and `key` names its kind of pod."""
         state = self._spreads.get(key)
-        if state is not None and state.raw is raw and self._follow_spread(snapshot, state):
+        if state is not None and self._follow_spread(snapshot, state, raw):
             return state
         values = raw[self.members]
         low = float(values.min())
@@ -119,11 +117,13 @@ class Cover:
         kept: dict[int, float] | None = None
         if above.shape[0] <= _ABOVE:
             kept = dict(zip(self.members[above].tolist(), values[above].tolist(), strict=True))
-        state = Spread(snapshot.mark(), raw, low, self.members.shape[0] - above.shape[0], kept)
+        state = Spread(snapshot.mark(), low, self.members.shape[0] - above.shape[0], kept)
         self._spreads[key] = state
         return state
 
-    def _follow_spread(self, snapshot: ClusterSnapshot, state: Spread) -> bool:
+    def _follow_spread(self, snapshot: ClusterSnapshot, state: Spread, raw: FloatArray) -> bool:
+        """`_follow` for a spread, reading the changed slots' raw scores from `raw` (the table
+        as it is now, rebuilt or not: a slot not in the log since the mark scores the same)."""
         changed = snapshot.changed_since(state.mark)
         above = state.above
         if changed is None or changed.shape[0] > _FEW_CHANGED:
@@ -131,7 +131,6 @@ class Cover:
         if changed.shape[0] and above is None:
             return False
         excluded = self.excluded
-        raw = state.raw
         for slot in changed.tolist():
             if slot in excluded:
                 continue

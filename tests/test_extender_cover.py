@@ -21,7 +21,8 @@ from epcsched.core.snapshot import ClusterSnapshot
 from epcsched.extender.cover import EXCLUDED, Cover
 from epcsched.extender.names import NameResolver
 from epcsched.extender.service import ExtenderService
-from tests.helpers import node, pod, snapshot_of
+from epcsched.quantity import MIB
+from tests.helpers import EPC, node, pod, snapshot_of
 from tests.helpers import running_on as bound
 
 NAMES = [f"n{i}" for i in range(9)]
@@ -357,3 +358,85 @@ def test_replies_over_a_cover_equal_a_fresh_services(
             fresh = ExtenderService(lambda: snap, strategy=strategy)
             assert reply(service, request) == reply(fresh, request)
             assert scores(service, request) == scores(fresh, request)
+
+
+# ----- the work is kept off the request ------------------------------------------------------
+# These look inside the service: the replies would be the same the slow way, and what they
+# protect is that the way taken is the one that does not grow with the node count (point 3).
+
+
+def known_cover(service: ExtenderService, snap: ClusterSnapshot) -> Cover:
+    cover = service._resolver.current_cover(snap)
+    assert cover is not None
+    return cover
+
+
+def test_a_filter_over_a_cover_reads_its_least_free_epc() -> None:
+    snap = cluster(pod("x", "900Mi", node_name="n0"))
+    service = taught(snap)
+    # The runs of [2, 1, 0] are known: the list is answered from the cover's floor (124Mi).
+    assert reply(service, body(shuffled([1, 0, 2]), "124Mi", name="q")) == (NAMES, {})
+    cover = known_cover(service, snap)
+    assert cover._floors[EPC].low == 124 * MIB
+    # The list was read where it lies in the body, and its slots are the cover's own.
+    last = service._last
+    assert last is not None
+    assert last[2][1] is cover.members
+
+
+def test_a_pod_exactly_filling_the_least_free_candidate_is_answered_ahead() -> None:
+    # n0 holds 960Mi: 64Mi free, exactly what the pod asks. It fits every candidate, so the
+    # filter passes the whole list and its prioritize is answered ahead of its request.
+    snap = cluster(pod("x", "960Mi", node_name="n0"))
+    service = taught(snap)
+    first = body(shuffled([1, 0, 2]), "64Mi", name="q")
+    assert reply(service, first) == (NAMES, {})
+    service.prioritize(first)
+    second = body(shuffled([0, 2, 1]), "64Mi", name="r")
+    assert reply(service, second) == (NAMES, {})
+    service.prioritize_ahead()
+    assert service._ahead is not None
+    ready = service._ahead[2]
+    assert service.prioritize(second) is ready
+
+
+def test_the_list_is_read_in_place_in_the_body() -> None:
+    snap = cluster()
+    service = taught(snap)
+    request = body(shuffled([0, 2, 1]), name="q")
+    service.filter(request)
+    held = [view.obj for view, _, _ in service._resolver._recent.values()]
+    assert any(obj is request for obj in held)
+
+
+def test_prioritize_after_a_change_answers_from_the_cover() -> None:
+    snap = cluster(pod("x", "256Mi", node_name="n2"))
+    service = taught(snap)
+    request = body(shuffled([2, 1, 0]), "64Mi", name="q")
+    reply(service, request)
+    # A bind between filter and prioritize: the filter's finding is not reused, the cover's
+    # floor says the pod still fits every candidate, and the scores come from the cover.
+    snap.upsert_pod(bound("y", "512Mi", "n7"))  # type: ignore[arg-type]
+    cover = known_cover(service, snap)
+    assert cover._spreads == {}
+    # n2 (256+64)/1024, n7 (512+64)/1024, the rest 64/1024: n7 10, n2 256/512 -> 5.
+    assert scores(service, request) == {"n2": 5, "n7": 10}
+    [spread] = cover._spreads.values()
+    assert spread.above is not None and len(spread.above) == 2
+
+
+def test_a_refresh_brings_the_covers_figures_up_to_date() -> None:
+    snap = cluster(pod("x", "256Mi", node_name="n2"))
+    service = taught(snap)
+    request = body(shuffled([1, 0, 2]), "64Mi", name="q")
+    reply(service, request)
+    scores(service, request)
+    cover = known_cover(service, snap)
+    snap.upsert_pod(bound("y", "128Mi", "n4"))  # type: ignore[arg-type]
+    service.refresh()
+    # Both figures have followed the bind already: the next request finds them current.
+    [spread] = cover._spreads.values()
+    assert cover._floors[EPC].mark == snap.mark() == spread.mark
+    assert spread.above is not None and sorted(spread.above) == sorted(
+        [snap.slots["n2"], snap.slots["n4"]]
+    )

@@ -316,11 +316,11 @@ events = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     steps=events,
     seed=st.integers(min_value=0, max_value=2**16),
-    strategy=st.sampled_from(["binpack", "spread"]),
+    strategy=st.sampled_from(["binpack", "spread", "balanced"]),
 )
 def test_replies_over_a_cover_equal_a_fresh_services(
     steps: list[tuple[str, int, int]], seed: int, strategy: str

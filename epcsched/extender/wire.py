@@ -162,48 +162,40 @@ def _parts(body: bytes) -> dict[str, bytes]:
 def split_args(body: bytes, *, fast: bool = True) -> ExtenderArgs:
     """Split a request body into its parts, reading keys case-insensitively as Go does.
 
-    With `fast`, a trailing `NodeNames` array is sliced off without being parsed; whoever
-    decodes it and finds it is not an array of strings must call again with `fast=False`.
+    With `fast`, a trailing `NodeNames` array is sliced off without being parsed (and without
+    being copied: the parts name where it lies in `body`); whoever decodes it and finds it is
+    not an array of strings must call again with `fast=False`.
     """
     if fast:
         trailing = _split_trailing_names(body)
         if trailing is not None:
             parts, start, end = trailing
             try:
-                return _args(parts, body, start, end)
+                return _args(parts, (body, start, end), from_tail=True)
             except BadRequest:
                 pass  # The slice may not be what it seemed: the full decode decides.
     parts = _parts(body)
     names = parts.get("nodenames")
-    return _args(parts, names, 0, 0 if names is None else len(names), from_tail=False)
+    if names is None or names == NULL:
+        return _args(parts, None, from_tail=False)
+    return _args(parts, (names, 0, len(names)), from_tail=False)
 
 
 def _args(
-    parts: dict[str, bytes],
-    names: bytes | None,
-    start: int,
-    end: int,
-    *,
-    from_tail: bool = True,
+    parts: dict[str, bytes], names: tuple[bytes, int, int] | None, *, from_tail: bool
 ) -> ExtenderArgs:
-    """The request's parts, the names being `names[start:end]` (None: no such key)."""
+    """The request's parts, with the names at `names` (what holds them, start, end) or none."""
     pod_raw = parts.get("pod")
     if pod_raw is None or pod_raw == NULL:
         raise BadRequest("missing Pod: the request must carry the pod being scheduled")
     nodes_raw = parts.get("nodes")
-    if names is not None and end - start == len(NULL) and names.startswith(NULL, start):
-        names = None
     nodes_raw = None if nodes_raw is None or nodes_raw == NULL else nodes_raw
-    if names is None and nodes_raw is None:
-        raise BadRequest("the request has neither NodeNames nor Nodes")
-    return ExtenderArgs(
-        pod_raw=pod_raw,
-        names_buffer=names,
-        nodes_raw=nodes_raw,
-        names_from_tail=from_tail,
-        names_start=start if names is not None else 0,
-        names_end=end if names is not None else 0,
-    )
+    if names is None:
+        if nodes_raw is None:
+            raise BadRequest("the request has neither NodeNames nor Nodes")
+        return ExtenderArgs(pod_raw, None, nodes_raw, from_tail)
+    buffer, start, end = names
+    return ExtenderArgs(pod_raw, buffer, nodes_raw, from_tail, start, end)
 
 
 def decode_pod(raw: bytes) -> Pod:

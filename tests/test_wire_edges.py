@@ -85,6 +85,17 @@ def test_the_full_reading_says_so_and_drops_null_names() -> None:
     assert args.nodes_raw == b'{"items":[]}'
 
 
+def test_nodes_and_names_both_given_are_both_kept() -> None:
+    # The tail sliced off (names in place in the body) and the full reading keep Nodes too:
+    # the service answers with Nodes whenever they are there.
+    sliced = b'{"Pod":' + POD + b',"Nodes":{"items":[]},"NodeNames":["a"]}'
+    whole = b'{"NodeNames":["a"],"Pod":' + POD + b',"Nodes":{"items":[]}}'
+    for body, from_tail in ((sliced, True), (whole, False)):
+        args = wire.split_args(body)
+        assert args.names_from_tail is from_tail
+        assert (args.node_names_raw, args.nodes_raw) == (b'["a"]', b'{"items":[]}')
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

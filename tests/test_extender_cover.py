@@ -1,12 +1,13 @@
-"""A list naming every node but a few is answered from figures kept over it, with the same replies.
+"""A list naming most nodes is answered from figures kept over it, with the same replies.
 
-Protects issue 10's cover (`extender.cover`): when kube-scheduler's list is every node but a few,
-in a new order of its chunks each time, the resolver recognises it by the runs it was read from
-and the service answers fit from the least free EPC kept over the candidates, and prioritize from
-the lowest raw score and the candidates above it, each followed node by node through the
-snapshot's change log. These tests change the cluster between requests (binds, deletions, usage,
-pressure) and check each reply by hand, or against a fresh service that reads the list in full.
-Bodies are compact JSON, as kube-scheduler writes them, so that the resolver reads them by runs.
+Protects issue 10's cover (`extender.cover`): when kube-scheduler's list is every node but those
+its own filters left out, in a new order of its chunks each time, the resolver recognises it by
+the runs it was read from and the service answers fit from the least free EPC kept over the
+candidates, and prioritize from the lowest raw score and the candidates above it, each followed
+node by node through the snapshot's change log. These tests change the cluster between requests
+(binds, deletions, usage, pressure) and check each reply by hand, or against a fresh service
+that reads the list in full. Bodies are compact JSON, as kube-scheduler writes them, so that the
+resolver reads them by runs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from epcsched.core.snapshot import ClusterSnapshot
-from epcsched.extender.cover import EXCLUDED, Cover
+from epcsched.extender.cover import Cover
 from epcsched.extender.names import NameResolver
 from epcsched.extender.service import ExtenderService
 from epcsched.quantity import MIB
@@ -86,7 +87,7 @@ def test_the_resolver_finds_the_cover_of_every_node_but_a_few() -> None:
     assert sorted(cover.members.tolist()) == sorted(slots.tolist())
     # Another array, even with the same slots, is not the one the cover was found for.
     assert resolver.cover(slots.copy(), snap) is None
-    # A node added makes a new generation: the cover no longer names every node but a few.
+    # A node added makes a new generation: the cover no longer says which nodes are listed.
     snap.upsert_node(_node_info("n9"))
     assert resolver.cover(slots, snap) is None
 
@@ -129,12 +130,38 @@ def test_a_list_with_a_name_twice_makes_no_cover() -> None:
     assert Cover.of(snap.slots_of([*NAMES[:8], "ghost"]), snap) is None
 
 
-def test_more_nodes_left_out_than_a_cover_allows_make_none() -> None:
-    names = [f"m{i}" for i in range(EXCLUDED + 3)]
+def test_a_list_of_fewer_than_half_the_nodes_makes_no_cover() -> None:
+    names = [f"m{i}" for i in range(10)]
     snap: ClusterSnapshot = snapshot_of(*(node(n, "1Gi") for n in names))
-    # Every node but EXCLUDED: a cover; every node but EXCLUDED + 1: none.
-    assert Cover.of(snap.slots_of(names[EXCLUDED:]), snap) is not None
-    assert Cover.of(snap.slots_of(names[EXCLUDED + 1 :]), snap) is None
+    # Five of ten nodes, exactly half: a cover; four: none.
+    assert Cover.of(snap.slots_of(names[5:]), snap) is not None
+    assert Cover.of(snap.slots_of(names[6:]), snap) is None
+    # With eleven nodes, five is fewer than half.
+    snap.upsert_node(_node_info("m10"))  # type: ignore[arg-type]
+    assert Cover.of(snap.slots_of(names[5:]), snap) is None
+
+
+def test_nodes_without_epc_left_out_still_make_a_cover() -> None:
+    # Nine SGX nodes and six without EPC: kube-scheduler's own fit leaves the six out for an
+    # EPC pod, and nine of fifteen is more than half: a cover, answered as a fresh service does.
+    plain = [f"p{i}" for i in range(6)]
+    snap: ClusterSnapshot = snapshot_of(
+        *(node(n, "1Gi") for n in NAMES),
+        *(node(n) for n in plain),
+        pod("x", "900Mi", node_name="n4"),
+    )
+    service = ExtenderService(lambda: snap, strategy="binpack")
+    service.filter(body([*NAMES, *plain], name="first"))
+    service.filter(body(shuffled([2, 1, 0]), name="second"))
+    for i, (order, mib) in enumerate([([1, 0, 2], "100Mi"), ([0, 2, 1], "200Mi")]):
+        request = body(shuffled(order), mib, name=f"q{i}")
+        fresh = ExtenderService(lambda: snap, strategy="binpack")
+        assert reply(service, request) == reply(fresh, request)
+        assert scores(service, request) == scores(fresh, request)
+        cover = known_cover(service, snap)
+        assert cover.excluded == {snap.slots[n] for n in plain}
+    # n4 has 124Mi free: 100Mi fits everywhere, 200Mi fails n4 alone.
+    assert reply(service, body(shuffled([2, 0, 1]), "200Mi", name="r"))[1].keys() == {"n4"}
 
 
 def test_fit_follows_the_least_free_candidate() -> None:

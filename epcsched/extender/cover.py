@@ -1,8 +1,8 @@
-"""A `NodeNames` list that names every node but a few, once each, and figures kept over it.
+"""A `NodeNames` list that names most nodes, once each, and figures kept over it.
 
-With room in the cluster, kube-scheduler's own filters pass every node except the few that are
-full (or lack the EPC name, or are cordoned), so its list is the same set of nodes from one pod
-to the next, in a new order each time. `names.NameResolver` recognises such a list by the runs it
+With room in the cluster, kube-scheduler's own filters pass every node except those that are
+full, lack the EPC name or are cordoned, so its list is the same set of nodes from one pod to
+the next, in a new order each time. `names.NameResolver` recognises such a list by the runs it
 was read from and hands out its `Cover`: the candidates as every node of the snapshot except
 `excluded`. What a request needs over the candidates is then kept over the cover and followed
 through the snapshot's change log one changed node at a time, instead of gathered from every
@@ -18,8 +18,6 @@ import numpy as np
 
 from epcsched.core.snapshot import ClusterSnapshot, FloatArray, IntArray
 
-EXCLUDED = 16
-"""Most nodes a cover may leave out: beyond that, the general path is as quick."""
 _ABOVE = 64
 """Most candidates kept above the lowest raw score: binpack's partly filled nodes."""
 _FEW_CHANGED = 8
@@ -59,14 +57,15 @@ class Cover:
 
     @classmethod
     def of(cls, slots: IntArray, snapshot: ClusterSnapshot) -> Cover | None:
-        """The cover `slots` make, if they name every node but at most `EXCLUDED`, each once."""
+        """The cover `slots` make, if they name at least half the nodes, each once (for fewer,
+        a pass over them costs little, and a cover would cost a pass over every node)."""
         count = slots.shape[0]
-        if count == 0 or count < len(snapshot.slots) - EXCLUDED or slots.min() < 0:
+        if count == 0 or 2 * count < len(snapshot.slots) or slots.min() < 0:
             return None
         times = np.bincount(slots, minlength=len(snapshot.slot_names))
         if int(times.max()) > 1:
             return None
-        # Every slot known and none twice: the nodes left out are the rest, at most EXCLUDED.
+        # Every slot known and none twice: the nodes left out are the rest.
         live = snapshot.sorted_slots()[1]
         excluded = live[times[live] == 0].tolist()
         members = np.sort(slots)

@@ -15,7 +15,7 @@ list this cannot read (whitespace, escapes, a name the reference lacks) is decod
 a compact one then becomes the reference, so the next request reads fast again.
 
 The runs a list was read from also tell, once a set of them has been checked, that the list
-names every node but a few, each once (`cover.Cover`): the service then keeps what it needs over
+names most nodes, each once (`cover.Cover`): the service then keeps what it needs over
 those candidates instead of reading it from each of them. The list is read where it lies in the
 request body; it is not copied out.
 
@@ -144,9 +144,9 @@ class NameResolver:
         return slots
 
     def cover(self, slots: IntArray, snapshot: ClusterSnapshot) -> Cover | None:
-        """The cover `slots` make (every node but a few, each once), when `resolve` returned
-        them last and found one; what holds over the cover then holds for the list, with no
-        pass over it."""
+        """The cover `slots` make (most nodes, each once), when `resolve` returned them last
+        and found one; what holds over the cover then holds for the list, with no pass over
+        it."""
         found = self._cover
         if found is None or found[0] is not slots or found[1].generation != snapshot.generation:
             return None

@@ -4,13 +4,13 @@ Kept apart from aiohttp so the same code is driven by the HTTP app, the benchmar
 Hot-path choices, all because kube-scheduler waits for every call, one pod at a time: the
 `NodeNames` list is resolved to slots run by run (`names.NameResolver`), never name by name,
 read in place in the request body; fit is one gather and one comparison per requested EPC name,
-over free-EPC arrays the snapshot keeps current node by node, or, for a list that names every
-node but a few (`cover.Cover`), one comparison with the least free EPC kept over those
-candidates; a reply where every node passes echoes the request's own list;
-raw scores are kept per kind of pod and node (`scores.ScoreTables`); a prioritize reply lists
-only the hosts that score above the lowest (kube-scheduler adds nothing for a host it is not
-given, and a score all candidates share decides nothing), found from the figures kept over a
-cover when there is one, and written from names pre-encoded by slot.
+over free-EPC arrays the snapshot keeps current node by node, or, for a list that names most
+nodes (`cover.Cover`), one comparison with the least free EPC kept over those candidates; a
+reply where every node passes echoes the request's own list; raw scores are kept per kind of
+pod and node (`scores.ScoreTables`); a prioritize reply lists only the hosts that score above
+the lowest (kube-scheduler adds nothing for a host it is not given, and a score all candidates
+share decides nothing), found from the figures kept over a cover when there is one, and written
+from names pre-encoded by slot.
 """
 
 from __future__ import annotations
@@ -113,8 +113,8 @@ class ExtenderService:
     def refresh(self) -> None:
         """Fold the snapshot's latest changes into what the next request reads: each EPC
         name's fit view and the raw-score table of the kind of pod asked about last, and
-        their figures over the candidates of the list asked about last when it was every node
-        but a few (`cover.Cover`).
+        their figures over the candidates of the list asked about last when it named most nodes
+        (`cover.Cover`).
 
         Called after the cluster changed (a watch event), between requests: kube-scheduler is
         then binding or filtering on its own, and the node a bind changed is updated then

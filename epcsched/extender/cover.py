@@ -85,16 +85,22 @@ class Cover:
         self._floors[name] = _Floor(snapshot.mark(), int(view[holder]), holder)
         return int(view[holder])
 
+    def _changed(self, snapshot: ClusterSnapshot, mark: tuple[int, int]) -> list[int] | None:
+        """The candidates changed since `mark`, one by one; None when figures kept since then
+        must be found again (they moved in bulk, or more than a few changed)."""
+        changed = snapshot.changed_since(mark)
+        if changed is None or changed.shape[0] > _FEW_CHANGED:
+            return None
+        excluded = self.excluded
+        return [slot for slot in changed.tolist() if slot not in excluded]
+
     def _follow(self, snapshot: ClusterSnapshot, state: _Floor, view: IntArray) -> bool:
         """Bring `state` up to date from the slots changed since its mark; False when it must
         be found again (figures moved in bulk, or the candidate holding it gained)."""
-        changed = snapshot.changed_since(state.mark)
-        if changed is None or changed.shape[0] > _FEW_CHANGED:
+        changed = self._changed(snapshot, state.mark)
+        if changed is None:
             return False
-        excluded = self.excluded
-        for slot in changed.tolist():
-            if slot in excluded:
-                continue
+        for slot in changed:
             value = int(view[slot])
             if value < state.low:
                 state.low, state.holder = value, slot
@@ -123,16 +129,13 @@ class Cover:
     def _follow_spread(self, snapshot: ClusterSnapshot, state: Spread, raw: FloatArray) -> bool:
         """`_follow` for a spread, reading the changed slots' raw scores from `raw` (the table
         as it is now, rebuilt or not: a slot not in the log since the mark scores the same)."""
-        changed = snapshot.changed_since(state.mark)
+        changed = self._changed(snapshot, state.mark)
         above = state.above
-        if changed is None or changed.shape[0] > _FEW_CHANGED:
+        if changed is None:
             return False
-        if changed.shape[0] and above is None:
+        if changed and above is None:
             return False
-        excluded = self.excluded
-        for slot in changed.tolist():
-            if slot in excluded:
-                continue
+        for slot in changed:
             value = float(raw[slot])
             assert above is not None
             if value < state.low:

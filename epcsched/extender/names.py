@@ -148,9 +148,9 @@ class NameResolver:
         and found one; what holds over the cover then holds for the list, with no pass over
         it."""
         found = self._cover
-        if found is None or found[0] is not slots or found[1].generation != snapshot.generation:
+        if found is None or found[0] is not slots:
             return None
-        return found[1]
+        return self.current_cover(snapshot)
 
     def current_cover(self, snapshot: ClusterSnapshot) -> Cover | None:
         """The cover of the list `resolve` returned last, if it made one and is current."""

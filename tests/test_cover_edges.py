@@ -132,7 +132,25 @@ def test_a_cover_is_none_for_a_single_missing_node_too_many_or_a_read_only_list(
 def spread(snap: ClusterSnapshot, tables: ScoreTables, cover: Cover) -> Spread:
     """The spread over the cover for POD's kind, after scoring (which brings the table up)."""
     tables.above_lowest_over(snap, POD, cover)
-    return next(iter(cover._spreads.values()))
+    return kept(cover)
+
+
+def kept(cover: Cover) -> Spread:
+    """The one spread `cover` keeps (these tests score one kind of pod)."""
+    [only] = cover._spreads.values()
+    return only
+
+
+def filled(nodes: int, count: int) -> tuple[ClusterSnapshot, list[str], Cover]:
+    """`nodes` 1Gi nodes, the first `count` holding 1..count Mi, and the cover of them all."""
+    names = [f"b{i:03d}" for i in range(nodes)]
+    snap: ClusterSnapshot = snapshot_of(
+        *(node(n, "1Gi") for n in names),
+        *(pod(f"x{i}", f"{i + 1}Mi", node_name=names[i]) for i in range(count)),
+    )
+    cover = Cover.of(snap.slots_of(names), snap)
+    assert cover is not None
+    return snap, names, cover
 
 
 def above(snap: ClusterSnapshot, found: Spread) -> dict[str, float]:
@@ -211,34 +229,28 @@ def test_eight_changes_at_once_are_still_followed() -> None:
 
 
 def test_up_to_64_above_the_lowest_are_kept_and_followed() -> None:
-    names = [f"b{i:03d}" for i in range(140)]
     # 63 of 140 nodes hold 1..63 Mi.
-    snap: ClusterSnapshot = snapshot_of(
-        *(node(n, "1Gi") for n in names),
-        *(pod(f"x{i}", f"{i + 1}Mi", node_name=names[i]) for i in range(63)),
-    )
-    cover = Cover.of(snap.slots_of(names), snap)
-    assert cover is not None
+    snap, names, cover = filled(140, 63)
     tables = ScoreTables("binpack", prefer_non_sgx=True)
     assert tables.above_lowest_over(snap, POD, cover) is not None
-    first = next(iter(cover._spreads.values()))
+    first = kept(cover)
     assert first.above is not None and (len(first.above), first.at_low) == (63, 77)
     # One more node filled: 64 above, the most kept, still followed.
     snap.upsert_pod(bound("y", "100Mi", names[100]))  # type: ignore[arg-type]
     assert tables.above_lowest_over(snap, POD, cover) is not None
-    assert next(iter(cover._spreads.values())) is first
+    assert kept(cover) is first
     assert (len(first.above), first.at_low) == (64, 76)
     # Two more: 66 above, too many to keep: found again, none kept, the general way asked.
     snap.upsert_pod(bound("z", "100Mi", names[101]))  # type: ignore[arg-type]
     snap.upsert_pod(bound("w", "100Mi", names[102]))  # type: ignore[arg-type]
     assert tables.above_lowest_over(snap, POD, cover) is None
-    second = next(iter(cover._spreads.values()))
+    second = kept(cover)
     assert (second is first, second.above, second.at_low) == (False, None, 74)
     # Two of them leave again: with none kept, any change means looking again; 64 kept.
     snap.remove_pod("default/z")
     snap.remove_pod("default/w")
     assert tables.above_lowest_over(snap, POD, cover) is not None
-    third = next(iter(cover._spreads.values()))
+    third = kept(cover)
     assert third is not second
     assert third.above is not None and (len(third.above), third.at_low) == (64, 76)
 
@@ -259,27 +271,21 @@ def test_a_left_out_node_changes_nothing_and_the_next_change_still_counts() -> N
 
 
 def test_too_many_above_the_lowest_keeps_none_and_looks_again_after_a_change() -> None:
-    names = [f"b{i:02d}" for i in range(70)]
     # 66 of 70 nodes hold 1..66 Mi: more than the 64 kept above the lowest.
-    snap: ClusterSnapshot = snapshot_of(
-        *(node(n, "1Gi") for n in names),
-        *(pod(f"x{i}", f"{i + 1}Mi", node_name=names[i]) for i in range(66)),
-    )
-    cover = Cover.of(snap.slots_of(names), snap)
-    assert cover is not None
+    snap, _, cover = filled(70, 66)
     tables = ScoreTables("binpack", prefer_non_sgx=True)
     assert tables.above_lowest_over(snap, POD, cover) is None
-    first = next(iter(cover._spreads.values()))
+    first = kept(cover)
     assert (first.above, first.at_low) == (None, 4)
     # Nothing changed: the same state, still none kept.
     assert tables.above_lowest_over(snap, POD, cover) is None
-    assert next(iter(cover._spreads.values())) is first
+    assert kept(cover) is first
     # Pods leave nodes b00..b39 (back at the lowest): 26 above now, kept again, and fewer
     # than half the 70 candidates, so answered from them.
     for i in range(40):
         snap.remove_pod(f"default/x{i}")
     assert tables.above_lowest_over(snap, POD, cover) is not None
-    second = next(iter(cover._spreads.values()))
+    second = kept(cover)
     assert second is not first
     assert second.above is not None and (len(second.above), second.at_low) == (26, 44)
 

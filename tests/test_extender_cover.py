@@ -72,6 +72,18 @@ def scores(service: ExtenderService, request: bytes) -> dict[str, int]:
     return {e["Host"]: e["Score"] for e in json.loads(service.prioritize(request))}
 
 
+def as_fresh(
+    service: ExtenderService, snap: ClusterSnapshot, request: bytes, strategy: str = "binpack"
+) -> dict[str, int]:
+    """Check `service`'s filter and prioritize replies equal those of a fresh service over the
+    same snapshot (which reads the list in full); the prioritize scores."""
+    fresh = ExtenderService(lambda: snap, strategy=strategy)
+    assert reply(service, request) == reply(fresh, request)
+    ours = scores(service, request)
+    assert ours == scores(fresh, request)
+    return ours
+
+
 def test_the_resolver_finds_the_cover_of_every_node_but_a_few() -> None:
     snap = cluster()
     resolver = NameResolver()
@@ -155,9 +167,7 @@ def test_nodes_without_epc_left_out_still_make_a_cover() -> None:
     service.filter(body(shuffled([2, 1, 0]), name="second"))
     for i, (order, mib) in enumerate([([1, 0, 2], "100Mi"), ([0, 2, 1], "200Mi")]):
         request = body(shuffled(order), mib, name=f"q{i}")
-        fresh = ExtenderService(lambda: snap, strategy="binpack")
-        assert reply(service, request) == reply(fresh, request)
-        assert scores(service, request) == scores(fresh, request)
+        as_fresh(service, snap, request)
         cover = known_cover(service, snap)
         assert cover.excluded == {snap.slots[n] for n in plain}
     # n4 has 124Mi free: 100Mi fits everywhere, 200Mi fails n4 alone.
@@ -307,10 +317,7 @@ def test_many_candidates_above_the_lowest_are_spread_as_by_a_fresh_service() -> 
     rng = random.Random(7)
     for i in range(6):
         request = body(chunked(names, 8, rng, left_out=i % 3), name=f"q{i}")
-        fresh = ExtenderService(lambda: snap, strategy="binpack")
-        assert reply(service, request) == reply(fresh, request)
-        ours = scores(service, request)
-        assert ours == scores(fresh, request)
+        ours = as_fresh(service, snap, request)
         # The fullest node after placement scores 10, and 20 nodes at most are listed.
         assert max(ours.values()) == 10
         assert len(ours) <= 20 + i  # the partly filled nodes: 20, and one per bind at most
@@ -325,9 +332,7 @@ def test_more_than_a_cover_keeps_above_the_lowest_falls_back_to_the_general_way(
     rng = random.Random(3)
     for i in range(4):
         request = body(chunked(names, 12, rng), name=f"q{i}")
-        fresh = ExtenderService(lambda: snap, strategy="binpack")
-        assert reply(service, request) == reply(fresh, request)
-        assert scores(service, request) == scores(fresh, request)
+        as_fresh(service, snap, request)
         # A bind between requests: the figures over the cover are found again.
         snap.upsert_pod(bound(f"y{i}", "20Mi", names[100 + i]))  # type: ignore[arg-type]
 
@@ -382,9 +387,7 @@ def test_replies_over_a_cover_equal_a_fresh_services(
             # A few sets of nodes left out, so that covers are asked about again.
             left_out = rng.choice([(), (), ("n0",), ("n4", "n8")])
             request = body(shuffled(order, left_out), f"{mib}Mi", name=f"q{i}")
-            fresh = ExtenderService(lambda: snap, strategy=strategy)
-            assert reply(service, request) == reply(fresh, request)
-            assert scores(service, request) == scores(fresh, request)
+            as_fresh(service, snap, request, strategy)
 
 
 # ----- the work is kept off the request ------------------------------------------------------

@@ -20,10 +20,14 @@ its workers after a clean run, and a pod found in an inherited cache would never
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, cast
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import settings
+from yarl import URL
 
 from epcsched import objects
 
@@ -40,3 +44,37 @@ settings.register_profile("seeded", derandomize=False, database=None, deadline=N
 _profile = os.environ.get("EPCSCHED_HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "")
 if _profile:
     settings.load_profile(_profile)
+
+
+class FastPathServer(TestServer):
+    """aiohttp's TestServer, listening through the extender's own site (`fastpath`), as
+    `epcsched extender` does: plain verb calls answered by the fast path, the rest by aiohttp."""
+
+    async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
+        from epcsched.extender.fastpath import ExtenderSite
+
+        if self.runner:
+            return
+        self._loop = loop
+        self.runner = await self._make_runner(**kwargs)
+        await self.runner.setup()
+        site = ExtenderSite(self.runner, self.host, 0)
+        await site.start()
+        self.port = site.port
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+
+@pytest.fixture(params=["aiohttp", "fastpath"])
+def extender_client(
+    request: pytest.FixtureRequest, aiohttp_client: Any
+) -> Callable[[web.Application], Awaitable[TestClient[Any, Any]]]:
+    """A client of an extender app served both ways: by aiohttp's own site, and by the site
+    `epcsched extender` listens with, whose fast path answers the verbs itself."""
+
+    async def make(app: web.Application) -> TestClient[Any, Any]:
+        if request.param == "fastpath":
+            return cast("TestClient[Any, Any]", await aiohttp_client(FastPathServer(app)))
+        return cast("TestClient[Any, Any]", await aiohttp_client(app))
+
+    return make

@@ -217,9 +217,9 @@ def test_edited_bodies_are_answered_or_refused_on_one_line(
 
 
 async def test_random_bodies_over_http_are_200_or_400(
-    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    extender_client: Callable[..., Awaitable[TestClient[Any, Any]]],
 ) -> None:
-    client = await aiohttp_client(create_app(Config(), SnapshotState(SNAP)))
+    client = await extender_client(create_app(Config(), SnapshotState(SNAP)))
     rng = random.Random(11)
     good = {"Pod": pod("p", "1Mi"), "Nodes": None, "NodeNames": ["a", "b"]}
     for i in range(150):

@@ -58,9 +58,9 @@ def fixture_cluster() -> Any:
 
 
 @pytest.fixture
-async def client(aiohttp_client: MakeClient) -> TestClient[Any, Any]:
+async def client(extender_client: MakeClient) -> TestClient[Any, Any]:
     app = create_app(Config(), SnapshotState(fixture_cluster()))
-    return await aiohttp_client(app)
+    return await extender_client(app)
 
 
 async def post(client: TestClient[Any, Any], path: str, body: Any) -> tuple[int, Any]:
@@ -254,9 +254,9 @@ async def test_wrong_method_is_405(client: TestClient[Any, Any]) -> None:
         assert response.status == 405
 
 
-async def test_body_over_limit_is_413(aiohttp_client: MakeClient) -> None:
+async def test_body_over_limit_is_413(extender_client: MakeClient) -> None:
     config = config_from_mapping({"extender": {"maxBodyBytes": "1Ki"}})
-    small = await aiohttp_client(create_app(config, SnapshotState(fixture_cluster())))
+    small = await extender_client(create_app(config, SnapshotState(fixture_cluster())))
     body = fixture("filter-nodecache.json")
     body["NodeNames"] = [f"node-{i:04d}" for i in range(200)]
     status, _ = await post(small, "/filter", body)
@@ -265,9 +265,9 @@ async def test_body_over_limit_is_413(aiohttp_client: MakeClient) -> None:
     assert status == 200
 
 
-async def test_prefix_is_honoured(aiohttp_client: MakeClient) -> None:
+async def test_prefix_is_honoured(extender_client: MakeClient) -> None:
     config = config_from_mapping({"extender": {"prefix": "/epc/"}})
-    prefixed = await aiohttp_client(create_app(config, SnapshotState(fixture_cluster())))
+    prefixed = await extender_client(create_app(config, SnapshotState(fixture_cluster())))
     status, reply = await post(prefixed, "/epc/filter", fixture("filter-nodecache.json"))
     assert status == 200 and reply["NodeNames"] == ["sgx-e", "sgx-f", "sgx-b"]
 
@@ -299,11 +299,11 @@ async def test_health_readiness_and_metrics(client: TestClient[Any, Any]) -> Non
 
 
 async def test_full_mode_reads_nodes_the_cache_has_not_seen(
-    aiohttp_client: MakeClient,
+    extender_client: MakeClient,
 ) -> None:
     # The cache knows pods bound to new-1 but not the node itself (its watch event is late).
     snap = snapshot_of(node("sgx-b", "32Gi"), pod("big", "15Gi", node_name="new-1"))
-    client = await aiohttp_client(create_app(Config(), SnapshotState(snap)))
+    client = await extender_client(create_app(Config(), SnapshotState(snap)))
     items = [node("new-1", "16Gi"), node("new-2", "16Gi"), node("sgx-b", "32Gi")]
     body = {"Pod": pod("p", "2Gi"), "Nodes": {"metadata": {}, "items": items}, "NodeNames": None}
     status, reply = await post(client, "/filter", body)

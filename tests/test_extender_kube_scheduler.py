@@ -149,7 +149,7 @@ def test_listing_only_scores_above_the_lowest_picks_as_the_full_list(
 
 
 async def test_replies_to_captured_bodies_decode_as_extenderv1(
-    aiohttp_client: MakeClient,
+    extender_client: MakeClient,
 ) -> None:
     # The cluster the fixtures were captured on (see tests/fixtures/kube-scheduler-1.35).
     snap = snapshot_of(
@@ -163,7 +163,7 @@ async def test_replies_to_captured_bodies_decode_as_extenderv1(
         pod("e1", "4Gi", node_name="sgx-e"),
         pod("f1", "6Gi", node_name="sgx-f"),
     )
-    client = await aiohttp_client(create_app(Config(), SnapshotState(snap)))
+    client = await extender_client(create_app(Config(), SnapshotState(snap)))
     replies = {}
     for name in ("filter-nodecache", "prioritize-nodecache", "filter-fullnodes"):
         verb = name.split("-")[0]

@@ -43,11 +43,11 @@ def extender_memory_limit() -> int:
     return parse_int(extender["resources"]["limits"]["memory"])
 
 
-async def test_refusals_are_json(aiohttp_client: Any) -> None:
+async def test_refusals_are_json(extender_client: Any) -> None:
     config = Config()
     config.extender.max_body_bytes = 1024
     app = create_app(config, SnapshotState(snapshot_of(node("a", "1Gi"))))
-    client = await aiohttp_client(app)
+    client = await extender_client(app)
 
     big = json.dumps({"Pod": pod("p", "1Mi"), "NodeNames": ["a"] * 200}).encode()
     assert len(big) > 1024

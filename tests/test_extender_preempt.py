@@ -23,7 +23,7 @@ MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 @pytest.fixture
-async def client(aiohttp_client: MakeClient) -> TestClient[Any, Any]:
+async def client(extender_client: MakeClient) -> TestClient[Any, Any]:
     snap = snapshot_of(
         node("a", "94Mi"),
         node("b", "94Mi"),
@@ -34,7 +34,7 @@ async def client(aiohttp_client: MakeClient) -> TestClient[Any, Any]:
         pod("w", "70Mi", node_name="b"),
         pod("v", "50", node_name="c", resource=LEGACY),
     )
-    return await aiohttp_client(create_app(Config(), SnapshotState(snap)))
+    return await extender_client(create_app(Config(), SnapshotState(snap)))
 
 
 def meta(*uids: str, pdb: int = 0) -> dict[str, Any]:

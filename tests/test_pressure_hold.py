@@ -155,7 +155,7 @@ async def test_a_missed_scrape_does_not_hide_a_full_or_paging_node(tmp_path: Pat
         thread.join(timeout=5)
 
 
-async def test_preempt_drops_a_node_failed_for_pressure_alone(aiohttp_client: Any) -> None:
+async def test_preempt_drops_a_node_failed_for_pressure_alone(extender_client: Any) -> None:
     snap = snapshot_of(
         node("paging", "94Mi"),
         node("busy", "94Mi"),
@@ -163,7 +163,7 @@ async def test_preempt_drops_a_node_failed_for_pressure_alone(aiohttp_client: An
         pod("y", "80Mi", node_name="busy"),
     )
     snap.set_pressure("paging", "EPC pressure: paging 1500 pages/s above 1000")
-    client = await aiohttp_client(create_app(Config(), SnapshotState(snap)))
+    client = await extender_client(create_app(Config(), SnapshotState(snap)))
     incoming = pod("p", "64Mi")
     reply = await (
         await client.post(

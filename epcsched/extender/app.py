@@ -14,6 +14,8 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -70,37 +72,76 @@ def observed(verb: str, handler: Handler) -> Handler:
             )
         except Exception:
             log.exception("internal error answering %s %s", request.method, request.path)
-            return web.Response(
-                status=500,
-                body=error_reply("internal error; see the extender log"),
-                content_type=_JSON,
-            )
+            return web.Response(status=500, body=_INTERNAL, content_type=_JSON)
         finally:
-            elapsed = time.perf_counter() - started
-            request.app[METRICS].observe(verb, code, elapsed)
-            if 400 <= code < 500:
-                log.warning(
-                    "%s %s from %s answered %d: %s",
-                    request.method,
-                    request.path,
-                    request.remote,
-                    code,
-                    refusal,
-                    extra={"verb": verb, "status": code, "reason": refusal},
-                )
-            elif log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "%s %s from %s answered %d in %.2f ms (%d bytes in)",
-                    request.method,
-                    request.path,
-                    request.remote,
-                    code,
-                    elapsed * 1000,
-                    request.content_length or 0,
-                    extra={"verb": verb, "status": code, "seconds": elapsed},
-                )
+            settle(
+                request.app,
+                Call(verb, request.method, request.path, request.remote),
+                code,
+                refusal,
+                time.perf_counter() - started,
+                request.content_length or 0,
+            )
 
     return handle
+
+
+_INTERNAL = error_reply("internal error; see the extender log")
+
+
+class Call(NamedTuple):
+    """What the log says of a call: the verb, and the request's method, path and peer."""
+
+    verb: str
+    method: str
+    path: str
+    remote: str | None
+
+
+def settle(
+    app: web.Application, call: Call, code: int, refusal: str, elapsed: float, size: int
+) -> None:
+    """Count and time an answered call, and log it: a refusal as a warning naming why."""
+    app[METRICS].observe(call.verb, code, elapsed)
+    if 400 <= code < 500:
+        log.warning(
+            "%s %s from %s answered %d: %s",
+            call.method,
+            call.path,
+            call.remote,
+            code,
+            refusal,
+            extra={"verb": call.verb, "status": code, "reason": refusal},
+        )
+    elif log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "%s %s from %s answered %d in %.2f ms (%d bytes in)",
+            call.method,
+            call.path,
+            call.remote,
+            code,
+            elapsed * 1000,
+            size,
+            extra={"verb": call.verb, "status": code, "seconds": elapsed},
+        )
+
+
+def answer_observed(app: web.Application, verb: Verb, body: bytes, call: Call) -> tuple[int, bytes]:
+    """`verb`'s status and reply for `body`, observed as `observed` observes a handler: for a
+    caller that has read the request without aiohttp (`fastpath`)."""
+    started = time.perf_counter()
+    code = 500
+    refusal = ""
+    try:
+        code, reply = verb.reply(app, body)
+        if 400 <= code < 500:
+            refusal = _error_text(reply)
+        return code, reply
+    except Exception:
+        log.exception("internal error answering %s %s", call.method, call.path)
+        return 500, _INTERNAL
+    finally:
+        settle(app, call, code, refusal, time.perf_counter() - started, len(body))
 
 
 def _error_text(body: object) -> str:
@@ -150,35 +191,54 @@ class SyncGate:
 GATE = web.AppKey("gate", SyncGate)
 
 
-def _extender_verb(
-    answer: Callable[[ExtenderService, bytes], bytes | tuple[bytes, FilterFailures | None]],
-    *,
-    decided: Callable[[FilterFailures], None] | None = None,
-    then: Callable[[ExtenderService], None] | None = None,
-) -> Handler:
-    """A verb answered by `answer` once the state has synced (`Error` before); an answer that
-    comes with the nodes it failed hands them to `decided`; `then` runs once the reply is
-    sent."""
+Answer = Callable[[ExtenderService, bytes], bytes | tuple[bytes, FilterFailures | None]]
 
-    async def handle(request: web.Request) -> web.StreamResponse:
-        gate = request.app[GATE]
+
+@dataclass(frozen=True)
+class Verb:
+    """An extender verb answered by `answer` from the request body alone, with nothing to
+    await: by its aiohttp handler and by `fastpath` alike, through `reply`. An answer that comes
+    with the nodes it failed hands them to `decided`; `then` runs once the reply is sent."""
+
+    name: str
+    answer: Answer
+    decided: Callable[[FilterFailures], None] | None = None
+    then: Callable[[ExtenderService], None] | None = None
+
+    def reply(self, app: web.Application, body: bytes) -> tuple[int, bytes]:
+        """The status and JSON reply for `body`; `Error` until the state has synced."""
+        gate = app[GATE]
         if not gate.open and not gate.check():
-            return web.Response(body=gate.refuse(), content_type=_JSON)
-        body = await request.read()
+            return 200, gate.refuse()
         try:
-            answered = answer(request.app[SERVICE], body)
+            answered = self.answer(app[SERVICE], body)
         except BadRequest as exc:
-            return web.Response(status=400, body=error_reply(str(exc)), content_type=_JSON)
+            return 400, error_reply(str(exc))
         if isinstance(answered, tuple):
             answered, failures = answered
-            if failures is not None and decided is not None:
-                # After this handler's reply is on the socket: kube-scheduler need not wait.
-                asyncio.get_running_loop().call_soon(decided, failures)
-        if then is not None:
-            asyncio.get_running_loop().call_soon(then, request.app[SERVICE])
-        return web.Response(body=answered, content_type=_JSON)
+            if failures is not None and self.decided is not None:
+                # After the reply is on the socket: kube-scheduler need not wait.
+                asyncio.get_running_loop().call_soon(self.decided, failures)
+        if self.then is not None:
+            asyncio.get_running_loop().call_soon(self.then, app[SERVICE])
+        return 200, answered
 
-    return handle
+    def handler(self) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            code, reply = self.reply(request.app, await request.read())
+            return web.Response(status=code, body=reply, content_type=_JSON)
+
+        return handle
+
+
+VERBS = web.AppKey("verbs", dict[bytes, Verb])
+"""By path (bytes, as on the wire), the verbs `fastpath` may answer itself."""
+
+
+def add_sync_verb(app: web.Application, verb: Verb) -> None:
+    """Serve `verb` as `add_verb` does, and list it for `fastpath`."""
+    add_verb(app, verb.name, verb.handler())
+    app[VERBS][f"{app[PREFIX]}/{verb.name}".encode()] = verb
 
 
 def _prioritize_ahead(service: ExtenderService) -> None:
@@ -330,17 +390,18 @@ def create_app(
     app[METRICS] = ExtenderMetrics(registry or CollectorRegistry(), lambda: state.snapshot)
     prefix = settings.prefix.strip("/")
     app[PREFIX] = f"/{prefix}" if prefix else ""
-    add_verb(
+    app[VERBS] = {}
+    add_sync_verb(
         app,
-        "filter",
-        _extender_verb(
+        Verb(
+            "filter",
             ExtenderService.filter_and_failures,
             decided=log_failures,
             then=_prioritize_ahead,
         ),
     )
-    add_verb(app, "prioritize", _extender_verb(ExtenderService.prioritize))
-    add_verb(app, "preempt", _extender_verb(ExtenderService.preempt))
+    add_sync_verb(app, Verb("prioritize", ExtenderService.prioritize))
+    add_sync_verb(app, Verb("preempt", ExtenderService.preempt))
     app.router.add_get("/healthz", _healthz, name="healthz")
     app.router.add_get("/readyz", _readyz, name="readyz")
     if metrics_route:

@@ -257,6 +257,7 @@ async def run_server(
             settings.port,
             "--host/--port",
             ssl_context=tls.context if tls is not None else None,
+            fast=True,
         )
         where = f"{settings.host}:{port}"
         extra = {"version": VERSION, "address": where}
@@ -302,12 +303,18 @@ async def run_server(
         await runner.cleanup()
 
 
-async def _listen(runner: Any, host: str, port: int, flags: str, *, ssl_context: Any = None) -> int:
-    """Start a TCP site for `runner`; the port actually bound."""
+async def _listen(
+    runner: Any, host: str, port: int, flags: str, *, ssl_context: Any = None, fast: bool = False
+) -> int:
+    """Start a TCP site for `runner`, with the verbs' fast path (`fastpath`) when `fast`; the
+    port actually bound."""
     from aiohttp import web
 
+    from epcsched.extender.fastpath import ExtenderSite
+
+    site = ExtenderSite if fast else web.TCPSite
     try:
-        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+        await site(runner, host, port, ssl_context=ssl_context).start()
     except OSError as exc:
         raise CommandError(
             f"{flags}: cannot listen on {host}:{port}: {exc.strerror or exc}"

@@ -1,0 +1,312 @@
+"""HTTP/1.1 for the extender verbs without aiohttp's per-request machinery.
+
+kube-scheduler waits for each filter and prioritize reply before it goes on, and aiohttp
+spends about 0.1 ms of that wait per request on what these verbs do not use: a request object,
+a payload stream, a response object and a task step. Each verb call kube-scheduler makes is a
+plain `POST` with a `Content-Length` body, answered from the body alone with nothing to await
+(`app.Verb`). `Connection` reads such requests itself and answers them through the same `Verb`,
+counted, timed and logged as aiohttp's handler would be (`app.answer_observed`).
+
+The first request that is anything else (another path or method, HTTP/1.0, a chunked or
+compressed body, `Expect`, `Upgrade`, a header line it does not read plainly, a body over
+`extender.maxBodyBytes`) hands the connection, with every byte read so far, to aiohttp's own
+protocol, which serves it from then on. So whatever is not a plain verb call gets aiohttp's
+behaviour exactly: its 404, 405, 413 and 400 replies, its limits, keep-alive and shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import re
+import time
+from http import HTTPStatus
+from ssl import SSLContext
+from typing import cast
+
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.web_protocol import RequestHandler
+
+from epcsched.extender.app import CONFIG, VERBS, Call, Verb, answer_observed
+
+_REQUEST_LINE = re.compile(rb"POST (/[-A-Za-z0-9._~!$&'()*+,;=:@/]*) HTTP/1\.1\r\n")
+"""A request line the fast path reads: POST, an origin-form path without query or percent
+escapes (so the bytes are the path aiohttp would route), HTTP/1.1."""
+_FIELD = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*((?:[!-~]+[ \t]+)*[!-~]+)?[ \t]*\r\n")
+"""One header line: a token, a colon, a value of visible ASCII (inner blanks kept)."""
+_HANDED_OVER = frozenset((b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"))
+"""Headers that change how the body is read or what the reply must be: aiohttp's to serve."""
+_MAX_HEAD = 8190
+"""Bytes of request line and headers read before the connection goes to aiohttp, whose own
+line and field limits then answer."""
+KEEPALIVE = 75.0
+"""Seconds a connection may send nothing before it is closed: aiohttp's keep-alive timeout,
+which kube-scheduler's client (Go's, 90 s idle) outlasts, so it reconnects as it would."""
+_JSON_HEAD = b"Content-Type: application/json\r\nContent-Length: "
+
+
+class _Date:
+    """The `Date` header value, formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def now(self) -> bytes:
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._value = email.utils.formatdate(second, usegmt=True).encode()
+        return self._value
+
+
+_DATE = _Date()
+_STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: plain verb calls answered here, the rest handed to aiohttp."""
+
+    def __init__(self, site: ExtenderSite) -> None:
+        self._site = site
+        self._app = site.app
+        self._verbs: dict[bytes, Verb] = site.app[VERBS]
+        self._limit = site.app[CONFIG].extender.max_body_bytes
+        self._transport: asyncio.Transport | None = None
+        self._held: list[bytes] = []
+        """Bytes received that do not make a whole request yet."""
+        self._held_size = 0
+        self._need = 0
+        """Bytes the held request needs in all (0 while its head is incomplete)."""
+        self._remote: str | None = None
+        self._closing = False
+        self._writing_paused = False
+        self._seen = 0.0
+        self._idle: asyncio.TimerHandle | None = None
+
+    # ----- asyncio.Protocol --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self._transport = transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._remote = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        self._site.connections.add(self)
+        loop = asyncio.get_running_loop()
+        self._seen = loop.time()
+        self._idle = loop.call_at(self._seen + self._site.keepalive, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._seen = asyncio.get_running_loop().time()
+        if self._held:
+            self._held.append(data)
+            self._held_size += len(data)
+            if self._held_size < self._need:
+                return
+            data = b"".join(self._held)
+            self._held = []
+            self._held_size = 0
+        self._serve(data)
+
+    def eof_received(self) -> bool:
+        # A request cut short has no answer; an idle client hanging up needs none.
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._site.connections.discard(self)
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        self._held = []
+
+    def pause_writing(self) -> None:
+        # A client that sends requests without reading the replies is not read from either,
+        # so replies do not pile up here.
+        self._writing_paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+
+    # ----- requests ----------------------------------------------------------------------
+    def _serve(self, data: bytes) -> None:
+        """Answer each whole request in `data`; hold an incomplete one, hand over the rest."""
+        pos = 0
+        size = len(data)
+        while pos < size:
+            head_end = data.find(b"\r\n\r\n", pos, pos + _MAX_HEAD + 4)
+            if head_end < 0:
+                if size - pos > _MAX_HEAD or not data.startswith(b"POST /"[: size - pos], pos):
+                    self._hand_over(data[pos:])
+                else:
+                    self._hold(data[pos:], 0)
+                return
+            read = self._head(data, pos, head_end + 2)
+            if read is None:
+                self._hand_over(data[pos:])
+                return
+            verb, path, length, close = read
+            body_start = head_end + 4
+            end = body_start + length
+            if end > size:
+                self._hold(data[pos:], end - pos)
+                return
+            code, reply = answer_observed(
+                self._app, verb, data[body_start:end], Call(verb.name, "POST", path, self._remote)
+            )
+            self._reply(code, reply, close)
+            if close:
+                return
+            pos = end
+
+    def _head(self, data: bytes, start: int, end: int) -> tuple[Verb, str, int, bool] | None:
+        """The verb, path, body length and whether to close after the reply, for a request whose
+        line and header lines lie in `data[start:end]` (each ending in CRLF); None when it is
+        not a plain verb call."""
+        line = _REQUEST_LINE.match(data, start, end)
+        if line is None:
+            return None
+        path = line.group(1)
+        verb = self._verbs.get(path)
+        if verb is None:
+            return None
+        length = -1
+        close = False
+        pos = line.end()
+        while pos < end:
+            field = _FIELD.match(data, pos, end)
+            if field is None:
+                return None
+            pos = field.end()
+            name = field.group(1).lower()
+            if name == b"content-length":
+                value = field.group(2)
+                if length >= 0 or value is None or not value.isdigit() or len(value) > 15:
+                    return None
+                length = int(value)
+            elif name == b"connection":
+                token = (field.group(2) or b"").lower()
+                if token == b"close":
+                    close = True
+                elif token != b"keep-alive":
+                    return None
+            elif name in _HANDED_OVER:
+                return None
+        if length < 0 or length > self._limit:
+            return None
+        return verb, path.decode(), length, close
+
+    def _reply(self, code: int, reply: bytes, close: bool) -> None:
+        transport = self._transport
+        assert transport is not None
+        head = b"".join(
+            (
+                _STATUS[code],
+                _JSON_HEAD,
+                str(len(reply)).encode(),
+                b"\r\nDate: ",
+                _DATE.now(),
+                b"\r\nServer: ",
+                _SERVER,
+                b"\r\nConnection: close\r\n\r\n" if close else b"\r\n\r\n",
+            )
+        )
+        transport.writelines((head, reply))
+        if close:
+            self._closing = True
+            transport.close()
+
+    def _hold(self, data: bytes, need: int) -> None:
+        self._held = [data]
+        self._held_size = len(data)
+        self._need = need
+
+    def _hand_over(self, data: bytes) -> None:
+        """From now on aiohttp serves this connection, starting with `data`."""
+        transport = self._transport
+        assert transport is not None
+        self._site.connections.discard(self)
+        self._site.handed_over += 1
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        handler = self._site.server()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._writing_paused:
+            handler.pause_writing()
+            transport.resume_reading()
+        handler.data_received(data)
+
+    def _check_idle(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._seen >= self._site.keepalive:
+            self._closing = True
+            transport.close()
+        else:
+            self._idle = loop.call_at(self._seen + self._site.keepalive, self._check_idle)
+
+    def close(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+
+_SERVER = SERVER_SOFTWARE.encode()
+
+
+class ExtenderSite(web.TCPSite):
+    """A TCP site of the extender app whose connections start on the fast path (`Connection`)
+    and go to aiohttp's protocol at the first request that is not a plain verb call."""
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        ssl_context: SSLContext | None = None,
+        keepalive: float = KEEPALIVE,
+    ) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context)
+        self.app = runner.app
+        self.keepalive = keepalive
+        self.connections: set[Connection] = set()
+        self.handed_over = 0
+        """Connections handed to aiohttp so far."""
+
+    def server(self) -> RequestHandler:
+        server = self._runner.server
+        assert server is not None
+        return server()
+
+    async def start(self) -> None:
+        # aiohttp's TCPSite.start with a protocol factory of our own.
+        await web.BaseSite.start(self)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: Connection(self),
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+    async def stop(self) -> None:
+        await super().stop()
+        # No call is ever in progress on a fast-path connection between events: close them.
+        for connection in list(self.connections):
+            connection.close()
+        self.connections.clear()

@@ -1,0 +1,375 @@
+"""The extender's own HTTP/1.1 path for the verbs answers exactly as aiohttp would.
+
+`epcsched extender` listens with `fastpath.ExtenderSite`: plain verb calls are read and
+answered by `fastpath.Connection`, and the first request that is anything else hands the
+connection to aiohttp. Here one app is served by both sites at once, and the same bytes sent to
+each must come back the same, byte for byte but for the `Date` header; which path served them
+is told by whether the connection is still the fast path's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from epcsched.config import Config, config_from_mapping
+from epcsched.extender.app import SERVICE, create_app
+from epcsched.extender.fastpath import ExtenderSite
+from epcsched.extender.service import ExtenderService
+from epcsched.state import SnapshotState
+from tests.helpers import names_request, node, pod, snapshot_of
+
+LIMIT = 4096
+"""`extender.maxBodyBytes` of the app under test, so a body over it is cheap to send."""
+NAMES = [f"sgx-{i}" for i in range(6)]
+
+
+def cluster() -> Any:
+    return snapshot_of(
+        *(node(name, "64Mi") for name in NAMES),
+        node("plain"),
+        pod("big", "60Mi", node_name="sgx-0"),
+    )
+
+
+FILTER = names_request(*NAMES, "plain", epc="8Mi")
+"""A filter that fails sgx-0 (full) and plain (no EPC): a reply with reasons."""
+PRIORITIZE = names_request(*NAMES[1:], epc="8Mi")
+
+
+def post(path: str, body: bytes, *headers: str, version: str = "1.1") -> bytes:
+    lines = [f"POST {path} HTTP/{version}", "Host: extender", *headers]
+    if not any(h.lower().startswith(("content-length", "transfer-encoding")) for h in headers):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+@dataclass
+class Sites:
+    fast: ExtenderSite
+    plain: web.TCPSite
+    app: web.Application
+
+
+@pytest.fixture
+async def sites() -> AsyncIterator[Sites]:
+    config = config_from_mapping({"extender": {"maxBodyBytes": LIMIT}})
+    app = create_app(config, SnapshotState(cluster()))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    fast = ExtenderSite(runner, "127.0.0.1", 0)
+    plain = web.TCPSite(runner, "127.0.0.1", 0)
+    await fast.start()
+    await plain.start()
+    try:
+        yield Sites(fast, plain, app)
+    finally:
+        await runner.cleanup()
+
+
+async def transcript(port: int, pieces: list[bytes], *, quiet: float = 0.25) -> bytes:
+    """What the server sends back for `pieces` (sent one by one): until it closes the
+    connection, or sends nothing for `quiet` seconds."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            if len(pieces) > 1:
+                await asyncio.sleep(0.005)
+        received = b""
+        while True:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), quiet)
+            except TimeoutError:
+                return received
+            if not chunk:
+                return received
+            received += chunk
+    finally:
+        writer.close()
+
+
+def without_date(raw: bytes) -> bytes:
+    return b"\r\n".join(line for line in raw.split(b"\r\n") if not line.startswith(b"Date: "))
+
+
+def replies(raw: bytes) -> list[tuple[int, bytes]]:
+    """Status and body of each response in a transcript of Content-Length responses."""
+    found = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = next(
+            int(x.split(b":")[1]) for x in lines if x.lower().startswith(b"content-length")
+        )
+        found.append((int(lines[0].split()[1]), rest[:length]))
+        raw = rest[length:]
+    return found
+
+
+async def both(sites: Sites, pieces: list[bytes]) -> tuple[bytes, bytes, bool]:
+    """The two transcripts, and whether the fast path answered all of its own (it handed
+    the connection to aiohttp at no point)."""
+    handed = sites.fast.handed_over
+    fast, plain = await asyncio.gather(
+        transcript(sites.fast.port, pieces), transcript(sites.plain.port, pieces)
+    )
+    return without_date(fast), without_date(plain), sites.fast.handed_over == handed
+
+
+FAST_CASES = {
+    "filter": [post("/filter", FILTER, "Content-Type: application/json")],
+    "prioritize": [post("/prioritize", PRIORITIZE)],
+    "preempt": [post("/preempt", b'{"Pod":' + json.dumps(pod("p", "8Mi")).encode() + b"}")],
+    "bad json": [post("/filter", b'{"Pod": nope}')],
+    "empty body": [post("/filter", b"")],
+    "no pod": [post("/filter", b'{"NodeNames":["sgx-1"]}')],
+    "keep-alive named": [post("/filter", FILTER, "Connection: Keep-Alive")],
+    "blanks around a value": [post("/filter", FILTER, "User-Agent:   Go-http-client/1.1  ")],
+    "pipelined": [post("/filter", FILTER) + post("/prioritize", PRIORITIZE)],
+    "byte by byte head": [bytes([b]) for b in post("/filter", FILTER)[:60]]
+    + [post("/filter", FILTER)[60:]],
+    "body in pieces": [post("/filter", FILTER)[:-60], FILTER[-60:-30], FILTER[-30:]],
+    "body exactly at the limit": [post("/filter", b" " * (LIMIT - len(FILTER)) + FILTER)],
+}
+"""Requests the fast path answers itself, keeping the connection."""
+
+CLOSED_CASES = {
+    "connection close": [post("/filter", FILTER, "Connection: close")],
+    "close after pipelined": [
+        post("/filter", FILTER) + post("/filter", FILTER, "connection: CLOSE"),
+        FILTER,
+    ],
+}
+"""Requests the fast path answers itself and then closes the connection."""
+
+HANDED_OVER = {
+    "get": [b"GET /filter HTTP/1.1\r\nHost: x\r\n\r\n"],
+    "unknown path": [post("/nowhere", FILTER)],
+    "query": [post("/filter?x=1", FILTER)],
+    "escaped path": [post("/%66ilter", FILTER)],
+    "http/1.0": [post("/filter", FILTER, version="1.0")],
+    "lower-case method": [post("/filter", FILTER).replace(b"POST", b"post", 1)],
+    "absolute form": [post("/filter", FILTER).replace(b"/filter", b"http://x/filter", 1)],
+    "chunked": [
+        post("/filter", b"", "Transfer-Encoding: chunked")
+        + b"%x\r\n" % len(FILTER)
+        + FILTER
+        + b"\r\n0\r\n\r\n"
+    ],
+    "expect": [post("/filter", FILTER, "Expect: 100-continue")],
+    "gzip": [post("/filter", gzip.compress(FILTER), "Content-Encoding: gzip")],
+    "upgrade": [post("/filter", FILTER, "Connection: Upgrade", "Upgrade: websocket")],
+    "over the limit": [post("/filter", b" " * (LIMIT + 1 - len(FILTER)) + FILTER)],
+    "no length": [b"POST /filter HTTP/1.1\r\nHost: x\r\n\r\n"],
+    "two lengths": [
+        post("/filter", FILTER, *[f"Content-Length: {len(FILTER)}"] * 2),
+    ],
+    "signed length": [post("/filter", FILTER, f"Content-Length: +{len(FILTER)}")],
+    "space before colon": [post("/filter", FILTER, f"Content-Length : {len(FILTER)}")],
+    "folded header": [post("/filter", FILTER, "X-A: one", " two")],
+    "header without colon": [post("/filter", FILTER, "Broken")],
+    "control byte in a value": [post("/filter", FILTER, "X-A: a\x7fb")],
+    "other connection token": [post("/filter", FILTER, "Connection: keep-alive, te")],
+    "then a GET": [post("/filter", FILTER) + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"],
+    # In a read of its own: aiohttp answers a read that ends in a bad request with that
+    # request's 400 alone, where the fast path first answers the good ones before it.
+    "then garbage": [post("/filter", FILTER), b"\x00\x01\x02\r\n\r\n"],
+    "head too long": [post("/filter", FILTER, "X-Long: " + "a" * 9000)],
+}
+"""Requests (or a request after fast ones) the fast path leaves to aiohttp."""
+
+
+@pytest.mark.parametrize("pieces", FAST_CASES.values(), ids=FAST_CASES.keys())
+async def test_plain_verb_calls_are_answered_on_the_fast_path_as_aiohttp_would(
+    sites: Sites, pieces: list[bytes]
+) -> None:
+    fast, plain, kept = await both(sites, pieces)
+    assert fast == plain
+    assert kept
+    assert fast.startswith(b"HTTP/1.1 ")
+    assert b"Connection: close" not in fast
+
+
+async def test_the_replies_are_the_verbs_answers(sites: Sites) -> None:
+    fast, _, _ = await both(sites, FAST_CASES["pipelined"])
+    (code, filtered), (code2, scored) = replies(fast)
+    assert (code, code2) == (200, 200)
+    reply = json.loads(filtered)
+    assert reply["NodeNames"] == NAMES[1:]
+    assert list(reply["FailedNodes"]) == ["sgx-0"]
+    assert "insufficient sgx.intel.com/epc" in reply["FailedNodes"]["sgx-0"]
+    assert list(reply["FailedAndUnresolvableNodes"]) == ["plain"]
+    assert reply["Error"] == ""
+    # binpack over five equally empty nodes: no host scores above the others.
+    assert json.loads(scored) == []
+    bad, _, _ = await both(sites, FAST_CASES["bad json"])
+    [(status, body)] = replies(bad)
+    assert status == 400
+    assert json.loads(body)["Error"].startswith("malformed JSON: ")
+    assert b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n" in bad
+
+
+@pytest.mark.parametrize("pieces", CLOSED_CASES.values(), ids=CLOSED_CASES.keys())
+async def test_connection_close_is_honoured_on_the_fast_path(
+    sites: Sites, pieces: list[bytes]
+) -> None:
+    fast, plain, kept = await both(sites, pieces)
+    assert fast == plain
+    assert kept  # closed after the reply, not handed over: no further request is read
+    assert fast.endswith(replies(fast)[-1][1])
+    assert fast.count(b"Connection: close\r\n") == 1
+    assert [code for code, _ in replies(fast)] == [200] * fast.count(b"HTTP/1.1 ")
+
+
+@pytest.mark.parametrize("pieces", HANDED_OVER.values(), ids=HANDED_OVER.keys())
+async def test_anything_else_is_left_to_aiohttp(sites: Sites, pieces: list[bytes]) -> None:
+    fast, plain, kept = await both(sites, pieces)
+    assert fast == plain
+    assert not kept
+    assert fast  # every case gets an answer, from the fast path or from aiohttp
+
+
+async def test_a_connection_handed_over_stays_served(sites: Sites) -> None:
+    first = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    fast, plain, _ = await both(sites, [first, post("/filter", FILTER)])
+    assert fast == plain
+    assert [code for code, _ in replies(fast)] == [200, 200]
+
+
+async def test_a_client_that_does_not_read_is_not_read_from() -> None:
+    """Flow control: replies the client does not read stop the fast path reading requests,
+    instead of piling up in the server; every reply arrives once the client reads."""
+    app = create_app(Config(), SnapshotState(cluster()))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = ExtenderSite(runner, "127.0.0.1", 0)
+    await site.start()
+    # 2,000 names the cache does not know: a reply of about 100 KB, each with its reason.
+    request = post("/filter", names_request(*(f"gone-{i:04d}" for i in range(2000))))
+    reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+    sent = 0
+    try:
+        while sent < 1000:
+            writer.write(request)
+            sent += 1
+            try:
+                await asyncio.wait_for(writer.drain(), 0.3)
+            except TimeoutError:
+                break
+        # The server stopped reading long before 1,000 requests (100 MB of replies), and
+        # holds about one reply beyond its transport's high-water mark (64 KiB).
+        assert sent < 1000
+        [connection] = site.connections
+        assert connection._transport is not None
+        assert connection._transport.get_write_buffer_size() < 64 * 1024 + 120_000
+        received = b""
+        while received.count(b"HTTP/1.1 200 OK") < sent or not received.endswith(b'""}'):
+            chunk = await asyncio.wait_for(reader.read(1 << 20), 5)
+            assert chunk
+            received += chunk
+        answered = replies(received)
+        assert [code for code, _ in answered] == [200] * sent
+        assert len(json.loads(answered[-1][1])["FailedNodes"]) == 2000
+    finally:
+        writer.close()
+        await runner.cleanup()
+
+
+async def test_a_bad_request_in_the_same_read_as_good_ones(sites: Sites) -> None:
+    """Where the fast path differs from aiohttp, by design: aiohttp answers a read that ends in
+    a malformed request with that request's 400 alone; the fast path answers the requests
+    before it first, as it would had they come in reads of their own."""
+    pieces = [post("/filter", FILTER) + b"\x00\x01\x02\r\n\r\n"]
+    fast, plain, _ = await both(sites, pieces)
+    assert [code for code, _ in replies(fast)] == [200, 400]
+    assert [code for code, _ in replies(plain)] == [400]
+    # Both 400s are aiohttp's own.
+    assert plain.startswith(b"HTTP/1.0 400 Bad Request\r\n")
+    assert fast.count(b"HTTP/1.0 400 Bad Request\r\n") == 1
+
+
+async def test_an_idle_connection_is_closed(sites: Sites) -> None:
+    site = ExtenderSite(sites.fast._runner, "127.0.0.1", 0, keepalive=0.3)  # type: ignore[arg-type]
+    await site.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+    loop = asyncio.get_running_loop()
+    try:
+        # Busy for longer than the timeout, a request every 0.1 s: kept open.
+        for _ in range(5):
+            writer.write(post("/filter", FILTER))
+            await writer.drain()
+            reply = await asyncio.wait_for(reader.readuntil(b'"Error":""}'), 2)
+            assert reply.startswith(b"HTTP/1.1 200")
+            await asyncio.sleep(0.1)
+        assert len(site.connections) == 1
+        # Then quiet: closed about 0.3 s after the last byte, not before.
+        quiet_since = loop.time() - 0.1
+        assert await asyncio.wait_for(reader.read(), 2) == b""
+        assert 0.25 <= loop.time() - quiet_since < 1.5
+        assert site.connections == set()
+    finally:
+        writer.close()
+        await site.stop()
+
+
+async def test_stopping_closes_fast_connections(sites: Sites) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", sites.fast.port)
+    writer.write(post("/filter", FILTER))
+    await writer.drain()
+    await asyncio.wait_for(reader.readuntil(b'"Error":""}'), 2)
+    assert len(sites.fast.connections) == 1
+    await sites.fast.stop()
+    assert await asyncio.wait_for(reader.read(), 2) == b""
+    assert sites.fast.connections == set()
+    writer.close()
+
+
+async def test_fast_calls_are_counted_and_refusals_logged(
+    sites: Sites, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="epcsched.extender"):
+        _, _, kept = await both(sites, [post("/filter", FILTER) + post("/filter", b"{}")])
+    assert kept
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    # One refusal from each site, each naming the path, the peer and why.
+    assert len(warnings) == 2
+    for record in warnings:
+        assert record.getMessage().startswith("POST /filter from 127.0.0.1 answered 400: ")
+        assert "Pod" in record.getMessage()
+    metrics = await transcript(sites.plain.port, [b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"])
+    text = metrics.decode()
+    assert 'epcsched_extender_requests_total{code="200",verb="filter"} 2.0' in text
+    assert 'epcsched_extender_requests_total{code="400",verb="filter"} 2.0' in text
+
+
+async def test_an_internal_fault_is_a_json_500_on_both_paths(sites: Sites) -> None:
+    def broken() -> Any:
+        raise RuntimeError("injected")
+
+    sites.app[SERVICE]._snapshot = broken  # what a fault inside the service looks like
+    fast, plain, kept = await both(sites, [post("/filter", FILTER)])
+    assert fast == plain
+    assert kept
+    [(code, body)] = replies(fast)
+    assert code == 500
+    assert json.loads(body) == {"Error": "internal error; see the extender log"}
+
+
+def test_prefix_routes_are_the_fast_paths_too() -> None:
+    config = config_from_mapping({"extender": {"prefix": "/epc/"}})
+    app = create_app(config, SnapshotState(cluster()))
+    from epcsched.extender.app import VERBS
+
+    assert sorted(app[VERBS]) == [b"/epc/filter", b"/epc/preempt", b"/epc/prioritize"]
+    assert isinstance(app[SERVICE], ExtenderService)
+    assert Config().extender.max_body_bytes > LIMIT

@@ -26,6 +26,7 @@ from typing import cast
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.tcp_helpers import tcp_nodelay
 from aiohttp.web_protocol import RequestHandler
 
 from epcsched.extender.app import CONFIG, VERBS, Call, Verb, answer_observed
@@ -89,6 +90,8 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self._transport = transport = cast(asyncio.Transport, transport)
+        # As aiohttp does: a reply goes out at once, not held back for the client's ACK.
+        tcp_nodelay(transport, True)
         peer = transport.get_extra_info("peername")
         self._remote = str(peer[0]) if isinstance(peer, tuple) and peer else None
         self._site.connections.add(self)

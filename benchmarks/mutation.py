@@ -194,6 +194,14 @@ TARGETS = (
             "tests/test_extender_repeat_caches.py",
         ),
     ),
+    Target(
+        "epcsched/extender/fastpath.py",
+        (
+            "tests/test_extender_fastpath.py",
+            "tests/test_extender_http.py",
+            "tests/test_extender_tls.py",
+        ),
+    ),
 )
 
 # mutmut's exit-code classes (mutmut.stats.status_by_exit_code), folded into the report's.

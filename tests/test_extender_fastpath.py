@@ -10,9 +10,12 @@ is told by whether the connection is still the fast path's.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import gzip
 import json
 import logging
+import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +27,7 @@ from epcsched.config import Config, config_from_mapping
 from epcsched.extender.app import SERVICE, create_app
 from epcsched.extender.fastpath import ExtenderSite
 from epcsched.extender.service import ExtenderService
+from epcsched.netutil import free_port
 from epcsched.state import SnapshotState
 from tests.helpers import names_request, node, pod, snapshot_of
 
@@ -40,6 +44,8 @@ def cluster() -> Any:
     )
 
 
+MAX_HEAD = 8190
+"""The longest request line and headers the fast path reads (fastpath._MAX_HEAD)."""
 FILTER = names_request(*NAMES, "plain", epc="8Mi")
 """A filter that fails sgx-0 (full) and plain (no EPC): a reply with reasons."""
 PRIORITIZE = names_request(*NAMES[1:], epc="8Mi")
@@ -50,6 +56,13 @@ def post(path: str, body: bytes, *headers: str, version: str = "1.1") -> bytes:
     if not any(h.lower().startswith(("content-length", "transfer-encoding")) for h in headers):
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def head_of(size: int) -> bytes:
+    """A filter whose request line and headers (up to the blank line) are `size` bytes."""
+    short = post("/filter", FILTER, "X-Pad: a")
+    pad = size - short.index(b"\r\n\r\n")
+    return post("/filter", FILTER, "X-Pad: a" + "a" * pad)
 
 
 @dataclass
@@ -117,12 +130,19 @@ def replies(raw: bytes) -> list[tuple[int, bytes]]:
 
 
 async def both(sites: Sites, pieces: list[bytes]) -> tuple[bytes, bytes, bool]:
-    """The two transcripts, and whether the fast path answered all of its own (it handed
-    the connection to aiohttp at no point)."""
+    """The two transcripts, and whether the fast path answered all of its own: True when it
+    never handed the connection to aiohttp, False when it handed it over once."""
     handed = sites.fast.handed_over
     fast, plain = await asyncio.gather(
         transcript(sites.fast.port, pieces), transcript(sites.plain.port, pieces)
     )
+    # The client has closed; the fast path keeps no connection it handed over or lost.
+    for _ in range(100):
+        if not sites.fast.connections:
+            break
+        await asyncio.sleep(0.01)
+    assert sites.fast.connections == set()
+    assert sites.fast.handed_over - handed in (0, 1)
     return without_date(fast), without_date(plain), sites.fast.handed_over == handed
 
 
@@ -140,6 +160,12 @@ FAST_CASES = {
     + [post("/filter", FILTER)[60:]],
     "body in pieces": [post("/filter", FILTER)[:-60], FILTER[-60:-30], FILTER[-30:]],
     "body exactly at the limit": [post("/filter", b" " * (LIMIT - len(FILTER)) + FILTER)],
+    "head exactly at its limit": [head_of(MAX_HEAD)],
+    "fifteen-digit length": [post("/filter", FILTER, f"Content-Length: {len(FILTER):015d}")],
+    "second request's head split": [
+        post("/filter", b" " * (LIMIT - len(FILTER)) + FILTER) + post("/filter", FILTER)[:20],
+        post("/filter", FILTER)[20:],
+    ],
 }
 """Requests the fast path answers itself, keeping the connection."""
 
@@ -185,6 +211,10 @@ HANDED_OVER = {
     # request's 400 alone, where the fast path first answers the good ones before it.
     "then garbage": [post("/filter", FILTER), b"\x00\x01\x02\r\n\r\n"],
     "head too long": [post("/filter", FILTER, "X-Long: " + "a" * 9000)],
+    "head one over its limit": [head_of(MAX_HEAD + 1)],
+    "sixteen-digit length": [post("/filter", FILTER, f"Content-Length: {len(FILTER):016d}")],
+    "two zero lengths": [post("/filter", b"", "Content-Length: 0", "Content-Length: 0")],
+    "empty connection": [post("/filter", FILTER, "Connection:")],
 }
 """Requests (or a request after fast ones) the fast path leaves to aiohttp."""
 
@@ -373,3 +403,140 @@ def test_prefix_routes_are_the_fast_paths_too() -> None:
     assert sorted(app[VERBS]) == [b"/epc/filter", b"/epc/preempt", b"/epc/prioritize"]
     assert isinstance(app[SERVICE], ExtenderService)
     assert Config().extender.max_body_bytes > LIMIT
+
+
+async def test_a_fast_reply_is_dated_now_as_aiohttp_dates_it(sites: Sites) -> None:
+    before = time.time()
+    fast, plain = await asyncio.gather(
+        transcript(sites.fast.port, [post("/filter", FILTER)]),
+        transcript(sites.plain.port, [post("/filter", FILTER)]),
+    )
+    after = time.time()
+    dates = [
+        next(line[6:] for line in raw.split(b"\r\n") if line.startswith(b"Date: "))
+        for raw in (fast, plain)
+    ]
+    # The same RFC 9110 IMF-fixdate form (`Wed, 02 Dec 2026 05:49:34 GMT`), of this second.
+    assert len(dates[0]) == len(dates[1]) == 29
+    assert dates[0].endswith(b" GMT")
+    when = email.utils.parsedate_to_datetime(dates[0].decode()).timestamp()
+    assert int(before) <= when <= after
+    assert abs(when - email.utils.parsedate_to_datetime(dates[1].decode()).timestamp()) <= 1
+
+
+async def test_replies_are_not_delayed_by_nagle(sites: Sites) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", sites.fast.port)
+    try:
+        writer.write(post("/filter", FILTER))
+        await asyncio.wait_for(reader.readuntil(b'"Error":""}'), 2)
+        [connection] = sites.fast.connections
+        assert connection._transport is not None
+        sock = connection._transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        writer.close()
+
+
+async def test_a_client_that_stops_sending_gets_its_reply_and_the_close(sites: Sites) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", sites.fast.port)
+    try:
+        writer.write(post("/filter", FILTER))
+        writer.write_eof()
+        received = await asyncio.wait_for(reader.read(), 2)  # to the server's close
+        assert [code for code, _ in replies(received)] == [200]
+    finally:
+        writer.close()
+
+
+async def test_a_lost_connection_leaves_nothing_behind(sites: Sites) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", sites.fast.port)
+    writer.write(post("/filter", FILTER))
+    await asyncio.wait_for(reader.readuntil(b'"Error":""}'), 2)
+    [connection] = sites.fast.connections
+    assert connection._idle is not None
+    writer.close()
+    for _ in range(100):
+        if not sites.fast.connections:
+            break
+        await asyncio.sleep(0.01)
+    assert sites.fast.connections == set()
+    assert connection._idle is None  # its keep-alive timer is cancelled, not left to fire
+
+
+async def test_keepalive_is_aiohttps_unless_the_runner_sets_one() -> None:
+    plain = web.AppRunner(create_app(Config(), SnapshotState(cluster())))
+    timed = web.AppRunner(create_app(Config(), SnapshotState(cluster())), keepalive_timeout=20)
+    await plain.setup()
+    await timed.setup()
+    try:
+        assert ExtenderSite(plain, "127.0.0.1", 0).keepalive == 3630.0  # aiohttp's default
+        assert ExtenderSite(timed, "127.0.0.1", 0).keepalive == 20.0
+        assert ExtenderSite(timed, "127.0.0.1", 0, keepalive=0.5).keepalive == 0.5
+    finally:
+        await plain.cleanup()
+        await timed.cleanup()
+
+
+async def test_an_idle_timer_does_not_close_a_connection_handed_to_aiohttp(sites: Sites) -> None:
+    site = ExtenderSite(sites.fast._runner, "127.0.0.1", 0, keepalive=0.3)  # type: ignore[arg-type]
+    await site.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"ok\n"), 2)).startswith(b"HTTP/1.1 200")
+        assert site.handed_over == 1
+        # aiohttp's own keep-alive (3630 s) applies now: served past the fast path's 0.3 s.
+        for _ in range(4):
+            await asyncio.sleep(0.2)
+            writer.write(post("/filter", FILTER))
+            reply = await asyncio.wait_for(reader.readuntil(b'"Error":""}'), 2)
+            assert reply.startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
+        await site.stop()
+
+
+async def test_a_request_handed_over_while_replies_wait_is_answered_after_them() -> None:
+    """A burst of verb calls whose replies the client does not read yet, and a GET behind
+    them in the same read: the fast path stopped reading for the waiting replies, and aiohttp,
+    handed the connection, must read again and answer the GET and what follows."""
+    app = create_app(Config(), SnapshotState(cluster()))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = ExtenderSite(runner, "127.0.0.1", 0)
+    await site.start()
+    request = post("/filter", names_request(*(f"gone-{i:04d}" for i in range(2000))))
+    reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+    try:
+        writer.write(request * 40 + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(0.3)
+        received = b""
+        while not received.endswith(b"ok\n"):
+            chunk = await asyncio.wait_for(reader.read(1 << 20), 5)
+            assert chunk
+            received += chunk
+        assert received.count(b"HTTP/1.1 200 OK") == 41
+        assert site.handed_over == 1
+        writer.write(post("/filter", FILTER))
+        reply = await asyncio.wait_for(reader.readuntil(b'"Error":""}'), 2)
+        assert reply.startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
+        await runner.cleanup()
+
+
+async def test_the_site_listens_where_it_is_told() -> None:
+    app = create_app(Config(), SnapshotState(cluster()))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    site = ExtenderSite(runner, "127.0.0.1", port)
+    try:
+        await site.start()
+        assert site.port == port
+        assert site._server is not None
+        assert [s.getsockname() for s in site._server.sockets] == [("127.0.0.1", port)]
+        assert site.handed_over == 0
+        assert site.connections == set()
+    finally:
+        await runner.cleanup()

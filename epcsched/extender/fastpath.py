@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
+import inspect
 import re
 import time
 from http import HTTPStatus
 from ssl import SSLContext
-from typing import cast
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
@@ -41,29 +42,18 @@ _HANDED_OVER = frozenset((b"transfer-encoding", b"content-encoding", b"expect", 
 _MAX_HEAD = 8190
 """Bytes of request line and headers read before the connection goes to aiohttp, whose own
 line and field limits then answer."""
-KEEPALIVE = 75.0
-"""Seconds a connection may send nothing before it is closed: aiohttp's keep-alive timeout,
-which kube-scheduler's client (Go's, 90 s idle) outlasts, so it reconnects as it would."""
+KEEPALIVE: float = inspect.signature(RequestHandler).parameters["keepalive_timeout"].default
+"""Seconds a connection may send nothing before it is closed, unless the runner sets its own:
+aiohttp's keep-alive timeout, so a connection is kept as long whichever path serves it."""
 _JSON_HEAD = b"Content-Type: application/json\r\nContent-Length: "
 
-
-class _Date:
-    """The `Date` header value, formatted once per second."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = b""
-
-    def now(self) -> bytes:
-        second = int(time.time())
-        if second != self._second:
-            self._second = second
-            self._value = email.utils.formatdate(second, usegmt=True).encode()
-        return self._value
-
-
-_DATE = _Date()
 _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+
+
+@functools.lru_cache(maxsize=1)
+def _date(second: int) -> bytes:
+    """The `Date` header value for a Unix time, formatted once per second."""
+    return email.utils.formatdate(second, usegmt=True).encode()
 
 
 class Connection(asyncio.Protocol):
@@ -74,43 +64,37 @@ class Connection(asyncio.Protocol):
         self._app = site.app
         self._verbs: dict[bytes, Verb] = site.app[VERBS]
         self._limit = site.app[CONFIG].extender.max_body_bytes
+        self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._held: list[bytes] = []
-        """Bytes received that do not make a whole request yet."""
-        self._held_size = 0
-        self._need = 0
-        """Bytes the held request needs in all (0 while its head is incomplete)."""
         self._remote: str | None = None
-        self._closing = False
-        self._writing_paused = False
-        self._seen = 0.0
+        self._held = bytearray()
+        """Bytes received that do not make a whole request yet."""
+        self._need: int | None = None
+        """How many bytes the held request has in all, once its head is in."""
+        self._seen = self._loop.time()
+        """When the client last sent anything."""
         self._idle: asyncio.TimerHandle | None = None
+        self._writing_paused = False
 
     # ----- asyncio.Protocol --------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, only alike.
-        self._transport = transport = cast(asyncio.Transport, transport)
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._transport = transport
         # As aiohttp does: a reply goes out at once, not held back for the client's ACK.
         tcp_nodelay(transport, True)
         peer = transport.get_extra_info("peername")
-        self._remote = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        self._remote = str(peer[0]) if peer else None
         self._site.connections.add(self)
-        loop = asyncio.get_running_loop()
-        self._seen = loop.time()
-        self._idle = loop.call_at(self._seen + self._site.keepalive, self._check_idle)
+        self._idle = self._loop.call_later(self._site.keepalive, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
-            return
-        self._seen = asyncio.get_running_loop().time()
-        if self._held:
-            self._held.append(data)
-            self._held_size += len(data)
-            if self._held_size < self._need:
+        self._seen = self._loop.time()
+        held = self._held
+        if held:
+            held += data
+            if self._need is not None and len(held) < self._need:
                 return
-            data = b"".join(self._held)
-            self._held = []
-            self._held_size = 0
+            data = bytes(held)
+            held.clear()
         self._serve(data)
 
     def eof_received(self) -> bool:
@@ -122,85 +106,82 @@ class Connection(asyncio.Protocol):
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        self._held = []
 
     def pause_writing(self) -> None:
         # A client that sends requests without reading the replies is not read from either,
         # so replies do not pile up here.
         self._writing_paused = True
-        if self._transport is not None:
-            self._transport.pause_reading()
+        assert self._transport is not None
+        self._transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self._transport is not None and not self._closing:
-            self._transport.resume_reading()
+        assert self._transport is not None
+        self._transport.resume_reading()
 
     # ----- requests ----------------------------------------------------------------------
     def _serve(self, data: bytes) -> None:
         """Answer each whole request in `data`; hold an incomplete one, hand over the rest."""
         pos = 0
-        size = len(data)
-        while pos < size:
+        while True:
             head_end = data.find(b"\r\n\r\n", pos, pos + _MAX_HEAD + 4)
-            if head_end < 0:
-                if size - pos > _MAX_HEAD or not data.startswith(b"POST /"[: size - pos], pos):
+            if head_end == -1:
+                if len(data) - pos >= _MAX_HEAD + 4:
                     self._hand_over(data[pos:])
                 else:
-                    self._hold(data[pos:], 0)
+                    self._hold(data[pos:], None)
                 return
             read = self._head(data, pos, head_end + 2)
             if read is None:
                 self._hand_over(data[pos:])
                 return
             verb, path, length, close = read
-            body_start = head_end + 4
-            end = body_start + length
-            if end > size:
+            end = head_end + 4 + length
+            if end > len(data):
                 self._hold(data[pos:], end - pos)
                 return
-            code, reply = answer_observed(
-                self._app, verb, data[body_start:end], Call(verb.name, "POST", path, self._remote)
-            )
+            call = Call(verb.name, "POST", path, self._remote)
+            code, reply = answer_observed(self._app, verb, data[head_end + 4 : end], call)
             self._reply(code, reply, close)
-            if close:
+            if close or end == len(data):
                 return
             pos = end
 
     def _head(self, data: bytes, start: int, end: int) -> tuple[Verb, str, int, bool] | None:
-        """The verb, path, body length and whether to close after the reply, for a request whose
-        line and header lines lie in `data[start:end]` (each ending in CRLF); None when it is
-        not a plain verb call."""
-        line = _REQUEST_LINE.match(data, start, end)
+        """The verb, path, body length and whether to close after the reply, for a request
+        whose line and header lines lie in `data[start:end]` (each ending in CRLF, the blank
+        line after them); None when it is not a plain verb call."""
+        line = _REQUEST_LINE.match(data, start)
         if line is None:
             return None
         path = line.group(1)
         verb = self._verbs.get(path)
         if verb is None:
             return None
-        length = -1
+        length: int | None = None
         close = False
         pos = line.end()
         while pos < end:
-            field = _FIELD.match(data, pos, end)
+            field = _FIELD.match(data, pos)
             if field is None:
                 return None
             pos = field.end()
-            name = field.group(1).lower()
+            name, value = field.group(1).lower(), field.group(2)
             if name == b"content-length":
-                value = field.group(2)
-                if length >= 0 or value is None or not value.isdigit() or len(value) > 15:
+                if length is not None or value is None or not value.isdigit() or len(value) > 15:
                     return None
                 length = int(value)
             elif name == b"connection":
-                token = (field.group(2) or b"").lower()
+                if value is None:
+                    return None
+                token = value.lower()
                 if token == b"close":
                     close = True
                 elif token != b"keep-alive":
                     return None
             elif name in _HANDED_OVER:
                 return None
-        if length < 0 or length > self._limit:
+        if length is None or length > self._limit:
             return None
         return verb, path.decode(), length, close
 
@@ -213,7 +194,7 @@ class Connection(asyncio.Protocol):
                 _JSON_HEAD,
                 str(len(reply)).encode(),
                 b"\r\nDate: ",
-                _DATE.now(),
+                _date(int(time.time())),
                 b"\r\nServer: ",
                 _SERVER,
                 b"\r\nConnection: close\r\n\r\n" if close else b"\r\n\r\n",
@@ -221,12 +202,10 @@ class Connection(asyncio.Protocol):
         )
         transport.writelines((head, reply))
         if close:
-            self._closing = True
             transport.close()
 
-    def _hold(self, data: bytes, need: int) -> None:
-        self._held = [data]
-        self._held_size = len(data)
+    def _hold(self, data: bytes, need: int | None) -> None:
+        self._held += data
         self._need = need
 
     def _hand_over(self, data: bytes) -> None:
@@ -242,25 +221,23 @@ class Connection(asyncio.Protocol):
         transport.set_protocol(handler)
         handler.connection_made(transport)
         if self._writing_paused:
+            # Reading was paused for replies not taken yet: aiohttp now waits for them.
             handler.pause_writing()
             transport.resume_reading()
         handler.data_received(data)
 
     def _check_idle(self) -> None:
         transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        loop = asyncio.get_running_loop()
-        if loop.time() - self._seen >= self._site.keepalive:
-            self._closing = True
+        assert transport is not None
+        due = self._seen + self._site.keepalive
+        if self._loop.time() >= due:
             transport.close()
         else:
-            self._idle = loop.call_at(self._seen + self._site.keepalive, self._check_idle)
+            self._idle = self._loop.call_at(due, self._check_idle)
 
     def close(self) -> None:
-        self._closing = True
-        if self._transport is not None:
-            self._transport.close()
+        assert self._transport is not None
+        self._transport.close()
 
 
 _SERVER = SERVER_SOFTWARE.encode()
@@ -277,11 +254,14 @@ class ExtenderSite(web.TCPSite):
         port: int | None = None,
         *,
         ssl_context: SSLContext | None = None,
-        keepalive: float = KEEPALIVE,
+        keepalive: float | None = None,
     ) -> None:
         super().__init__(runner, host, port, ssl_context=ssl_context)
         self.app = runner.app
+        if keepalive is None:
+            keepalive = float(runner._kwargs.get("keepalive_timeout", KEEPALIVE))
         self.keepalive = keepalive
+        """Seconds a connection may send nothing before it is closed."""
         self.connections: set[Connection] = set()
         self.handed_over = 0
         """Connections handed to aiohttp so far."""
@@ -292,20 +272,14 @@ class ExtenderSite(web.TCPSite):
         return server()
 
     async def start(self) -> None:
-        # aiohttp's TCPSite.start with a protocol factory of our own.
+        # aiohttp's TCPSite.start with a protocol factory of our own, and asyncio's defaults
+        # for what this site does not take (backlog, address and port reuse).
         await web.BaseSite.start(self)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: Connection(self),
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port,
+            lambda: Connection(self), self._host, self._port, ssl=self._ssl_context
         )
-        sockets = self._server.sockets
-        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+        self._bound_port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         await super().stop()

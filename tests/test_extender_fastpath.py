@@ -271,9 +271,11 @@ async def test_anything_else_is_left_to_aiohttp(sites: Sites, pieces: list[bytes
 
 async def test_a_connection_handed_over_stays_served(sites: Sites) -> None:
     first = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-    fast, plain, _ = await both(sites, [first, post("/filter", FILTER)])
-    assert fast == plain
-    assert [code for code, _ in replies(fast)] == [200, 200]
+    for count in (1, 2):
+        fast, plain, _ = await both(sites, [first, post("/filter", FILTER)])
+        assert fast == plain
+        assert [code for code, _ in replies(fast)] == [200, 200]
+        assert sites.fast.handed_over == count
 
 
 async def test_a_client_that_does_not_read_is_not_read_from() -> None:
@@ -347,6 +349,12 @@ async def test_an_idle_connection_is_closed(sites: Sites) -> None:
         assert await asyncio.wait_for(reader.read(), 2) == b""
         assert 0.25 <= loop.time() - quiet_since < 1.5
         assert site.connections == set()
+        # A client that connects and never sends is closed after the same time.
+        silent_reader, silent = await asyncio.open_connection("127.0.0.1", site.port)
+        opened = loop.time()
+        assert await asyncio.wait_for(silent_reader.read(), 2) == b""
+        assert 0.25 <= loop.time() - opened < 1.5
+        silent.close()
     finally:
         writer.close()
         await site.stop()
@@ -422,6 +430,11 @@ async def test_a_fast_reply_is_dated_now_as_aiohttp_dates_it(sites: Sites) -> No
     when = email.utils.parsedate_to_datetime(dates[0].decode()).timestamp()
     assert int(before) <= when <= after
     assert abs(when - email.utils.parsedate_to_datetime(dates[1].decode()).timestamp()) <= 1
+    # And of the second it is sent in, not the one the first reply was.
+    await asyncio.sleep(1.1)
+    later = await transcript(sites.fast.port, [post("/filter", FILTER)])
+    date = next(line[6:] for line in later.split(b"\r\n") if line.startswith(b"Date: "))
+    assert email.utils.parsedate_to_datetime(date.decode()).timestamp() >= when + 1
 
 
 async def test_replies_are_not_delayed_by_nagle(sites: Sites) -> None:
@@ -497,26 +510,40 @@ async def test_an_idle_timer_does_not_close_a_connection_handed_to_aiohttp(sites
 
 
 async def test_a_request_handed_over_while_replies_wait_is_answered_after_them() -> None:
-    """A burst of verb calls whose replies the client does not read yet, and a GET behind
-    them in the same read: the fast path stopped reading for the waiting replies, and aiohttp,
-    handed the connection, must read again and answer the GET and what follows."""
+    """Verb calls whose replies the client does not read yet, and a GET behind them in the
+    same read: the fast path stops reading for the waiting replies, hands the connection over
+    at the GET, and aiohttp must answer it and read on."""
     app = create_app(Config(), SnapshotState(cluster()))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = ExtenderSite(runner, "127.0.0.1", 0)
     await site.start()
-    request = post("/filter", names_request(*(f"gone-{i:04d}" for i in range(2000))))
-    reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", site.port))
+    reader, writer = await asyncio.open_connection(sock=client)
     try:
-        writer.write(request * 40 + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(post("/filter", FILTER))
+        await asyncio.wait_for(reader.readuntil(b'"Error":""}'), 2)
+        # Small buffers on both sides, so the first big reply waits in the server.
+        [connection] = site.connections
+        transport = connection._transport
+        assert transport is not None
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        transport.set_write_buffer_limits(high=1)
+        # 300 names the cache does not know: a 6 KB request with a reply of about 15 KB.
+        request = post("/filter", names_request(*(f"gone-{i:04d}" for i in range(300))))
+        writer.write(request * 4 + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         await asyncio.sleep(0.3)
+        assert site.handed_over == 1
+        assert connection._writing_paused  # handed over while the replies waited
         received = b""
         while not received.endswith(b"ok\n"):
             chunk = await asyncio.wait_for(reader.read(1 << 20), 5)
             assert chunk
             received += chunk
-        assert received.count(b"HTTP/1.1 200 OK") == 41
-        assert site.handed_over == 1
+        assert received.count(b"HTTP/1.1 200 OK") == 5
         writer.write(post("/filter", FILTER))
         reply = await asyncio.wait_for(reader.readuntil(b'"Error":""}'), 2)
         assert reply.startswith(b"HTTP/1.1 200")

@@ -216,7 +216,6 @@ class Connection(asyncio.Protocol):
         self._site.handed_over += 1
         if self._idle is not None:
             self._idle.cancel()
-            self._idle = None
         handler = self._site.server()
         transport.set_protocol(handler)
         handler.connection_made(transport)

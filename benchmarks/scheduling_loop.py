@@ -18,9 +18,10 @@ requests. This plays kube-scheduler's part, per pod:
 
 The do-nothing extender (plain aiohttp on uvloop: filter echoes `NodeNames`, prioritize answers
 `[]`) runs the same loop in the same run against its own copy of the API server; blocks of pods
-alternate between all four runs (two extenders, two profiles), so a noisy machine slows them
-alike, in a new random order every block, so that no run always follows the same other one
-(what a run follows changes its figures). Per run it reports the loop's pods/s
+alternate between all runs (two extenders, two profiles, every node count), so a noisy machine
+slows them alike, in a new random order every block, so that no run always follows the same
+other one (what a run follows changes its figures). epcsched runs as `epcsched extender`, its
+verbs on its own HTTP path (`epcsched/extender/fastpath.py`). Per run it reports the loop's pods/s
 (kube-scheduler's part here, the extender calls and the bind: `pods_per_s`, `ratio`) and the
 extender round trips alone, which the scheduling cycle waits for (`extender_*`,
 `extender_ratio`, `extra_ms_per_pod`), and the extender process's CPU time per pod. A real
@@ -384,74 +385,56 @@ def serve(
 
 
 def loop(
-    nodes: int,
+    sizes: list[int],
     pods: int,
     warmup: int,
     block: int,
     workdir: Path,
     before: Path | None = None,
     profile_dir: Path | None = None,
-) -> dict[str, Any]:
-    """Both extenders in both profiles at `nodes` nodes, blocks of pods alternating; with
-    `before`, an older extender too, in the base profile; with `profile_dir`, epcsched's
-    extenders run under cProfile (`extender-<nodes>-<profile>.prof` there)."""
-    sizes = pod_sizes(warmup + pods, seed=nodes)
-    load = workdir / f"cluster-{nodes}.json"
-    load.write_bytes(orjson.dumps(cluster_objects(nodes, sizes)))
-    names = [f"aks-dcsv3-{i:05d}" for i in range(nodes)]
+) -> list[dict[str, Any]]:
+    """Both extenders in both profiles at each node count, blocks of pods alternating between
+    all of them (sizes too, so that time per pod at one size compares with another's in one
+    run); with `before`, an older extender too, in the base profile; with `profile_dir`,
+    epcsched's extenders run under cProfile (`extender-<nodes>-<profile>.prof` there)."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        runs: dict[tuple[str, str], Run] = {}
-        for profile in PROFILES:
-            for kind in ("epcsched", "do_nothing"):
+        runs: dict[tuple[int, str, str], Run] = {}
+        mibs: dict[int, list[int]] = {}
+        for nodes in sizes:
+            mibs[nodes] = pod_sizes(warmup + pods, seed=nodes)
+            load = workdir / f"cluster-{nodes}.json"
+            load.write_bytes(orjson.dumps(cluster_objects(nodes, mibs[nodes])))
+            names = [f"aks-dcsv3-{i:05d}" for i in range(nodes)]
+            for profile in PROFILES:
+                for kind in ("epcsched", "do_nothing"):
+                    scheduler = Scheduler(names, seed=nodes)
+                    profile_to = None
+                    if profile_dir is not None and kind == "epcsched":
+                        profile_to = profile_dir.resolve() / f"extender-{nodes}-{profile}.prof"
+                    runs[nodes, profile, kind] = serve(
+                        kind, profile, scheduler, load, workdir, procs, profile_to=profile_to
+                    )
+            if before is not None:
                 scheduler = Scheduler(names, seed=nodes)
-                profile_to = None
-                if profile_dir is not None and kind == "epcsched":
-                    profile_to = profile_dir.resolve() / f"extender-{nodes}-{profile}.prof"
-                runs[profile, kind] = serve(
-                    kind, profile, scheduler, load, workdir, procs, profile_to=profile_to
+                runs[nodes, "extender", "before"] = serve(
+                    "before", "extender", scheduler, load, workdir, procs, before=before
                 )
-        if before is not None:
-            scheduler = Scheduler(names, seed=nodes)
-            runs["extender", "before"] = serve(
-                "before", "extender", scheduler, load, workdir, procs, before=before
-            )
-        for run in runs.values():
+        for (nodes, _, _), run in runs.items():
             for i in range(warmup):
-                run.schedule(i, sizes[i], timed=False)
-        order = list(runs.values())
-        shuffle = random.Random(nodes).shuffle
+                run.schedule(i, mibs[nodes][i], timed=False)
+        order = list(runs.items())
+        shuffle = random.Random(sum(sizes)).shuffle
         for first in range(warmup, warmup + pods, block):
             # A run is slowed by the one before it (the same extender code measured 0.04-0.06
             # of ratio apart, depending on which run preceded it): a new order every block.
             shuffle(order)
-            for run in order:
+            for (nodes, _, _), run in order:
                 cpu = cpu_seconds(run.pid)
                 for i in range(first, min(first + block, warmup + pods)):
-                    run.schedule(i, sizes[i], timed=True)
+                    run.schedule(i, mibs[nodes][i], timed=True)
                 run.cpu += cpu_seconds(run.pid) - cpu
-        result: dict[str, Any] = {"nodes": nodes, "pods": pods, "chunk": chunk_size(nodes)}
-        for profile in PROFILES:
-            ours, floor = runs[profile, "epcsched"].stats(), runs[profile, "do_nothing"].stats()
-            result[profile] = {
-                "epcsched": ours,
-                "do_nothing": floor,
-                "ratio": round(ours["pods_per_s"] / floor["pods_per_s"], 3),
-                "extender_ratio": round(
-                    ours["extender_pods_per_s"] / floor["extender_pods_per_s"], 3
-                ),
-                "extra_ms_per_pod": round(
-                    1000 / ours["extender_pods_per_s"] - 1000 / floor["extender_pods_per_s"], 3
-                ),
-            }
-        if before is not None:
-            old, floor = runs["extender", "before"].stats(), result["extender"]["do_nothing"]
-            result["extender"]["before"] = old
-            result["extender"]["before_ratio"] = round(old["pods_per_s"] / floor["pods_per_s"], 3)
-            result["extender"]["before_extender_ratio"] = round(
-                old["extender_pods_per_s"] / floor["extender_pods_per_s"], 3
-            )
-        return result
+        return [_result(nodes, pods, runs) for nodes in sizes]
     finally:
         for proc in procs:
             proc.terminate()
@@ -461,6 +444,33 @@ def loop(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _result(nodes: int, pods: int, runs: dict[tuple[int, str, str], Run]) -> dict[str, Any]:
+    """The figures of the runs at `nodes` nodes, each profile's against its do-nothing run."""
+    result: dict[str, Any] = {"nodes": nodes, "pods": pods, "chunk": chunk_size(nodes)}
+    for profile in PROFILES:
+        ours, floor = (
+            runs[nodes, profile, "epcsched"].stats(),
+            runs[nodes, profile, "do_nothing"].stats(),
+        )
+        result[profile] = {
+            "epcsched": ours,
+            "do_nothing": floor,
+            "ratio": round(ours["pods_per_s"] / floor["pods_per_s"], 3),
+            "extender_ratio": round(ours["extender_pods_per_s"] / floor["extender_pods_per_s"], 3),
+            "extra_ms_per_pod": round(
+                1000 / ours["extender_pods_per_s"] - 1000 / floor["extender_pods_per_s"], 3
+            ),
+        }
+    if (nodes, "extender", "before") in runs:
+        old, floor = runs[nodes, "extender", "before"].stats(), result["extender"]["do_nothing"]
+        result["extender"]["before"] = old
+        result["extender"]["before_ratio"] = round(old["pods_per_s"] / floor["pods_per_s"], 3)
+        result["extender"]["before_extender_ratio"] = round(
+            old["extender_pods_per_s"] / floor["extender_pods_per_s"], 3
+        )
+    return result
 
 
 class InProcess:
@@ -610,14 +620,12 @@ def main() -> int:
             args.profile.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             parser.error(f"--profile: cannot create {args.profile}: {exc.strerror or exc}")
-    result: dict[str, Any] = {"loop": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for nodes in sizes:
-            result["loop"].append(
-                loop(
-                    nodes, args.pods, args.warmup, args.block, Path(tmp), args.before, args.profile
-                )
+        result: dict[str, Any] = {
+            "loop": loop(
+                sizes, args.pods, args.warmup, args.block, Path(tmp), args.before, args.profile
             )
+        }
     result["in_process"] = in_process(sizes, args.pods, args.warmup, args.block)
     per_pod = [r["p50_us"] for r in result["in_process"]]
     result["in_process_growth"] = round(per_pod[-1] / per_pod[0], 2)

@@ -15,9 +15,11 @@ import gzip
 import json
 import logging
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -206,6 +208,10 @@ HANDED_OVER = {
     "header without colon": [post("/filter", FILTER, "Broken")],
     "control byte in a value": [post("/filter", FILTER, "X-A: a\x7fb")],
     "other connection token": [post("/filter", FILTER, "Connection: keep-alive, te")],
+    # The header that decides comes last, after the length.
+    "expect last": [
+        post("/filter", FILTER, f"Content-Length: {len(FILTER)}", "Expect: 100-continue")
+    ],
     "then a GET": [post("/filter", FILTER) + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"],
     # In a read of its own: aiohttp answers a read that ends in a bad request with that
     # request's 400 alone, where the fast path first answers the good ones before it.
@@ -312,6 +318,16 @@ async def test_a_client_that_does_not_read_is_not_read_from() -> None:
         answered = replies(received)
         assert [code for code, _ in answered] == [200] * sent
         assert len(json.loads(answered[-1][1])["FailedNodes"]) == 2000
+        # Writing resumed: a request handed to aiohttp now (a query string) gets its whole
+        # reply, long enough that aiohttp waits for the transport to take it.
+        writer.write(request.replace(b"POST /filter ", b"POST /filter?again=1 ", 1))
+        reply = b""
+        while not reply.endswith(b'"Error":""}'):
+            chunk = await asyncio.wait_for(reader.read(1 << 20), 5)
+            assert chunk
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200 OK")
+        assert site.handed_over == 1
     finally:
         writer.close()
         await runner.cleanup()
@@ -319,7 +335,7 @@ async def test_a_client_that_does_not_read_is_not_read_from() -> None:
 
 async def test_a_bad_request_in_the_same_read_as_good_ones(sites: Sites) -> None:
     """Where the fast path differs from aiohttp, by design: aiohttp answers a read that ends in
-    a malformed request with that request's 400 alone; the fast path answers the requests
+    a request it refuses with that request's 400 alone; the fast path answers the requests
     before it first, as it would had they come in reads of their own."""
     pieces = [post("/filter", FILTER) + b"\x00\x01\x02\r\n\r\n"]
     fast, plain, _ = await both(sites, pieces)
@@ -328,6 +344,14 @@ async def test_a_bad_request_in_the_same_read_as_good_ones(sites: Sites) -> None
     # Both 400s are aiohttp's own.
     assert plain.startswith(b"HTTP/1.0 400 Bad Request\r\n")
     assert fast.count(b"HTTP/1.0 400 Bad Request\r\n") == 1
+    # Bytes after a request that asked to close: aiohttp refuses the read, the fast path
+    # answers the request and closes, reading no further.
+    pieces = [post("/filter", FILTER, "Connection: close") + post("/prioritize", PRIORITIZE)]
+    fast, plain, kept = await both(sites, pieces)
+    assert [code for code, _ in replies(fast)] == [200]
+    assert kept
+    assert fast.endswith(b'"Error":""}')
+    assert plain.startswith(b"HTTP/1.0 400 Bad Request\r\n")
 
 
 async def test_an_idle_connection_is_closed(sites: Sites) -> None:
@@ -565,5 +589,52 @@ async def test_the_site_listens_where_it_is_told() -> None:
         assert [s.getsockname() for s in site._server.sockets] == [("127.0.0.1", port)]
         assert site.handed_over == 0
         assert site.connections == set()
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_head_is_held_to_its_limit_and_no_further(sites: Sites) -> None:
+    """A head still coming in is held while it may yet fit (8,190 bytes and its blank line)
+    and handed to aiohttp as soon as the bytes in show it cannot."""
+    for size, cut, handed in ((MAX_HEAD, MAX_HEAD + 2, 0), (MAX_HEAD + 1, MAX_HEAD + 4, 1)):
+        request = head_of(size)
+        before = sites.fast.handed_over
+        reader, writer = await asyncio.open_connection("127.0.0.1", sites.fast.port)
+        try:
+            writer.write(request[:cut])
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            assert sites.fast.handed_over - before == handed
+            writer.write(request[cut:])
+            reply = await asyncio.wait_for(reader.readuntil(b'"Error":""}'), 2)
+            assert reply.startswith(b"HTTP/1.1 200 OK")
+            assert sites.fast.handed_over - before == handed
+        finally:
+            writer.close()
+
+
+async def test_the_fast_path_serves_tls(tmp_path: Path) -> None:
+    from tests.test_extender_tls import Authority, client_context
+
+    ca = Authority(tmp_path, "ca")
+    serving = ca.issue("epcsched-extender", server=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(serving.cert), str(serving.key))
+    app = create_app(Config(), SnapshotState(cluster()))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = ExtenderSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", site.port, ssl=client_context(ca, None), server_hostname="127.0.0.1"
+        )
+        writer.write(post("/filter", FILTER))
+        reply = await asyncio.wait_for(reader.readuntil(b'"Error":""}'), 5)
+        assert reply.startswith(b"HTTP/1.1 200 OK")
+        assert json.loads(reply.partition(b"\r\n\r\n")[2])["NodeNames"] == NAMES[1:]
+        assert site.handed_over == 0
+        assert writer.get_extra_info("ssl_object").version().startswith("TLS")
+        writer.close()
     finally:
         await runner.cleanup()

@@ -11,7 +11,10 @@ The first request that is anything else (another path or method, HTTP/1.0, a chu
 compressed body, `Expect`, `Upgrade`, a header line it does not read plainly, a body over
 `extender.maxBodyBytes`) hands the connection, with every byte read so far, to aiohttp's own
 protocol, which serves it from then on. So whatever is not a plain verb call gets aiohttp's
-behaviour exactly: its 404, 405, 413 and 400 replies, its limits, keep-alive and shutdown.
+behaviour exactly: its 404, 405, 413 and 400 replies, its limits, keep-alive and shutdown. The
+one difference is in a single read that holds good requests and then one aiohttp refuses (or
+any bytes after a request that asked to close): aiohttp answers the refusal alone, the fast
+path answers the good requests first, as it would had they come in reads of their own.
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ class Connection(asyncio.Protocol):
                 else:
                     self._hold(data[pos:], None)
                 return
-            read = self._head(data, pos, head_end + 2)
+            read = self._head(data, pos)
             if read is None:
                 self._hand_over(data[pos:])
                 return
@@ -146,14 +146,16 @@ class Connection(asyncio.Protocol):
             call = Call(verb.name, "POST", path, self._remote)
             code, reply = answer_observed(self._app, verb, data[head_end + 4 : end], call)
             self._reply(code, reply, close)
-            if close or end == len(data):
+            if close:
+                return  # and read no further: the client asked to close
+            if end == len(data):
                 return
             pos = end
 
-    def _head(self, data: bytes, start: int, end: int) -> tuple[Verb, str, int, bool] | None:
+    def _head(self, data: bytes, start: int) -> tuple[Verb, str, int, bool] | None:
         """The verb, path, body length and whether to close after the reply, for a request
-        whose line and header lines lie in `data[start:end]` (each ending in CRLF, the blank
-        line after them); None when it is not a plain verb call."""
+        whose head starts at `start` (its blank line known to be in `data`); None when it is
+        not a plain verb call."""
         line = _REQUEST_LINE.match(data, start)
         if line is None:
             return None
@@ -164,7 +166,7 @@ class Connection(asyncio.Protocol):
         length: int | None = None
         close = False
         pos = line.end()
-        while pos < end:
+        while not data.startswith(b"\r\n", pos):
             field = _FIELD.match(data, pos)
             if field is None:
                 return None

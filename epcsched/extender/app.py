@@ -3,7 +3,9 @@
 State lives under typed `web.AppKey`s; background work (informers, telemetry polls) starts and
 stops with the app through `cleanup_ctx`. Handlers only move bytes between HTTP and
 `ExtenderService`; every malformed request becomes a 400 with a one-line message, and nothing a
-client sends can produce a traceback.
+client sends can produce a traceback. The extender verbs (`Verb`) answer from the request body
+alone, so `fastpath` answers kube-scheduler's calls with the same code without aiohttp's
+per-request objects, and `VERBS` lists the paths it may.
 """
 
 from __future__ import annotations

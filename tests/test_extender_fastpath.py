@@ -10,6 +10,7 @@ is told by the site's count of connections handed over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import gzip
 import json
@@ -88,6 +89,29 @@ async def sites() -> AsyncIterator[Sites]:
         yield Sites(fast, plain, app)
     finally:
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def served(**site: Any) -> AsyncIterator[ExtenderSite]:
+    """The extender app with default settings, on an `ExtenderSite` (`site`: its options)."""
+    runner = web.AppRunner(create_app(Config(), SnapshotState(cluster())), access_log=None)
+    await runner.setup()
+    try:
+        listening = ExtenderSite(runner, "127.0.0.1", site.pop("port", 0), **site)
+        await listening.start()
+        yield listening
+    finally:
+        await runner.cleanup()
+
+
+async def read_until(reader: asyncio.StreamReader, end: bytes) -> bytes:
+    """What arrives until it ends in `end`, however long (readuntil stops at 64 KiB)."""
+    received = b""
+    while not received.endswith(end):
+        chunk = await asyncio.wait_for(reader.read(1 << 20), 5)
+        assert chunk
+        received += chunk
+    return received
 
 
 async def transcript(port: int, pieces: list[bytes], *, quiet: float = 0.4) -> bytes:
@@ -287,50 +311,39 @@ async def test_a_connection_handed_over_stays_served(sites: Sites) -> None:
 async def test_a_client_that_does_not_read_is_not_read_from() -> None:
     """Flow control: replies the client does not read stop the fast path reading requests,
     instead of piling up in the server; every reply arrives once the client reads."""
-    app = create_app(Config(), SnapshotState(cluster()))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = ExtenderSite(runner, "127.0.0.1", 0)
-    await site.start()
     # 2,000 names the cache does not know: a reply of about 100 KB, each with its reason.
     request = post("/filter", names_request(*(f"gone-{i:04d}" for i in range(2000))))
-    reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
-    sent = 0
-    try:
-        while sent < 1000:
-            writer.write(request)
-            sent += 1
-            try:
-                await asyncio.wait_for(writer.drain(), 0.3)
-            except TimeoutError:
-                break
-        # The server stopped reading long before 1,000 requests (100 MB of replies), and
-        # holds about one reply beyond its transport's high-water mark (64 KiB).
-        assert sent < 1000
-        [connection] = site.connections
-        assert connection._transport is not None
-        assert connection._transport.get_write_buffer_size() < 64 * 1024 + 120_000
-        received = b""
-        while received.count(b"HTTP/1.1 200 OK") < sent or not received.endswith(b'""}'):
-            chunk = await asyncio.wait_for(reader.read(1 << 20), 5)
-            assert chunk
-            received += chunk
-        answered = replies(received)
-        assert [code for code, _ in answered] == [200] * sent
-        assert len(json.loads(answered[-1][1])["FailedNodes"]) == 2000
-        # Writing resumed: a request handed to aiohttp now (a query string) gets its whole
-        # reply, about 100 KB, through the same transport.
-        writer.write(request.replace(b"POST /filter ", b"POST /filter?again=1 ", 1))
-        reply = b""
-        while not reply.endswith(b'"Error":""}'):
-            chunk = await asyncio.wait_for(reader.read(1 << 20), 5)
-            assert chunk
-            reply += chunk
-        assert reply.startswith(b"HTTP/1.1 200 OK")
-        assert site.handed_over == 1
-    finally:
-        writer.close()
-        await runner.cleanup()
+    async with served() as site:
+        reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+        sent = 0
+        try:
+            while sent < 1000:
+                writer.write(request)
+                sent += 1
+                try:
+                    await asyncio.wait_for(writer.drain(), 0.3)
+                except TimeoutError:
+                    break
+            # The server stopped reading long before 1,000 requests (100 MB of replies), and
+            # holds about one reply beyond its transport's high-water mark (64 KiB).
+            assert sent < 1000
+            [connection] = site.connections
+            assert connection._transport is not None
+            assert connection._transport.get_write_buffer_size() < 64 * 1024 + 120_000
+            received = await read_until(reader, b'""}')
+            while received.count(b"HTTP/1.1 200 OK") < sent:
+                received += await read_until(reader, b'""}')
+            answered = replies(received)
+            assert [code for code, _ in answered] == [200] * sent
+            assert len(json.loads(answered[-1][1])["FailedNodes"]) == 2000
+            # Writing resumed: a request handed to aiohttp now (a query string) gets its
+            # whole reply, about 100 KB, through the same transport.
+            writer.write(request.replace(b"POST /filter ", b"POST /filter?again=1 ", 1))
+            reply = await read_until(reader, b'"Error":""}')
+            assert reply.startswith(b"HTTP/1.1 200 OK")
+            assert site.handed_over == 1
+        finally:
+            writer.close()
 
 
 async def test_a_bad_request_in_the_same_read_as_good_ones(sites: Sites) -> None:
@@ -537,60 +550,45 @@ async def test_a_request_handed_over_while_replies_wait_is_answered_after_them()
     """Verb calls whose replies the client does not read yet, and a GET behind them in the
     same read: the fast path stops reading for the waiting replies, hands the connection over
     at the GET, and aiohttp must answer it and read on."""
-    app = create_app(Config(), SnapshotState(cluster()))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = ExtenderSite(runner, "127.0.0.1", 0)
-    await site.start()
-    client = socket.socket()
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    client.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", site.port))
-    reader, writer = await asyncio.open_connection(sock=client)
-    try:
-        writer.write(post("/filter", FILTER))
-        await asyncio.wait_for(reader.readuntil(b'"Error":""}'), 2)
-        # Small buffers on both sides, so the first big reply waits in the server.
-        [connection] = site.connections
-        transport = connection._transport
-        assert transport is not None
-        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        transport.set_write_buffer_limits(high=1)
-        # 300 names the cache does not know: a 6 KB request with a reply of about 15 KB.
-        request = post("/filter", names_request(*(f"gone-{i:04d}" for i in range(300))))
-        writer.write(request * 4 + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        await asyncio.sleep(0.3)
-        assert site.handed_over == 1
-        assert connection._writing_paused  # handed over while the replies waited
-        received = b""
-        while not received.endswith(b"ok\n"):
-            chunk = await asyncio.wait_for(reader.read(1 << 20), 5)
-            assert chunk
-            received += chunk
-        assert received.count(b"HTTP/1.1 200 OK") == 5
-        writer.write(post("/filter", FILTER))
-        reply = await asyncio.wait_for(reader.readuntil(b'"Error":""}'), 2)
-        assert reply.startswith(b"HTTP/1.1 200")
-    finally:
-        writer.close()
-        await runner.cleanup()
+    async with served() as site:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", site.port))
+        reader, writer = await asyncio.open_connection(sock=client)
+        try:
+            writer.write(post("/filter", FILTER))
+            await read_until(reader, b'"Error":""}')
+            # Small buffers on both sides, so the first big reply waits in the server.
+            [connection] = site.connections
+            transport = connection._transport
+            assert transport is not None
+            sock = transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            transport.set_write_buffer_limits(high=1)
+            # 300 names the cache does not know: a 6 KB request with a reply of about 15 KB.
+            request = post("/filter", names_request(*(f"gone-{i:04d}" for i in range(300))))
+            writer.write(request * 4 + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            await asyncio.sleep(0.3)
+            assert site.handed_over == 1
+            assert connection._writing_paused  # handed over while the replies waited
+            received = await read_until(reader, b"ok\n")
+            assert received.count(b"HTTP/1.1 200 OK") == 5
+            writer.write(post("/filter", FILTER))
+            reply = await read_until(reader, b'"Error":""}')
+            assert reply.startswith(b"HTTP/1.1 200")
+        finally:
+            writer.close()
 
 
 async def test_the_site_listens_where_it_is_told() -> None:
-    app = create_app(Config(), SnapshotState(cluster()))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
     port = free_port()
-    site = ExtenderSite(runner, "127.0.0.1", port)
-    try:
-        await site.start()
+    async with served(port=port) as site:
         assert site.port == port
         assert site._server is not None
         assert [s.getsockname() for s in site._server.sockets] == [("127.0.0.1", port)]
         assert site.handed_over == 0
         assert site.connections == set()
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_head_is_held_to_its_limit_and_no_further(sites: Sites) -> None:
@@ -620,21 +618,14 @@ async def test_the_fast_path_serves_tls(tmp_path: Path) -> None:
     serving = ca.issue("epcsched-extender", server=True)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(serving.cert), str(serving.key))
-    app = create_app(Config(), SnapshotState(cluster()))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = ExtenderSite(runner, "127.0.0.1", 0, ssl_context=context)
-    await site.start()
-    try:
+    async with served(ssl_context=context) as site:
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", site.port, ssl=client_context(ca, None), server_hostname="127.0.0.1"
         )
         writer.write(post("/filter", FILTER))
-        reply = await asyncio.wait_for(reader.readuntil(b'"Error":""}'), 5)
+        reply = await read_until(reader, b'"Error":""}')
         assert reply.startswith(b"HTTP/1.1 200 OK")
         assert json.loads(reply.partition(b"\r\n\r\n")[2])["NodeNames"] == NAMES[1:]
         assert site.handed_over == 0
         assert writer.get_extra_info("ssl_object").version().startswith("TLS")
         writer.close()
-    finally:
-        await runner.cleanup()
